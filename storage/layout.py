@@ -1,0 +1,102 @@
+"""Where each artifact of a run lives, relative to the store root.
+
+::
+
+    {root}/{run_id}/manifest.json                  the run manifest (storage.manifest)
+    {root}/{run_id}/run.lock                       the run lock (storage.lock)
+    {root}/{run_id}/report.md                      run-level reports (and report PNGs)
+    {root}/{run_id}/iter={t}/{phase}.parquet       one table per phase and iteration
+    {root}/{run_id}/iter={t}/steering.safetensors  the steering file of iteration t
+
+Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; use
+:func:`parse_iteration_dir` / the manifest for numeric order).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "PHASES",
+    "PHASE_EXTENSIONS",
+    "MANIFEST_NAME",
+    "LOCK_NAME",
+    "REPORT_NAME",
+    "validate_run_id",
+    "validate_phase",
+    "iteration_dir",
+    "parse_iteration_dir",
+    "artifact_relpath",
+    "phase_sort_key",
+]
+
+PHASES: tuple[str, ...] = (
+    "prompts",
+    "generations",
+    "rankings",
+    "buffer",
+    "activations",
+    "steering",
+    "eval",
+)
+PHASE_EXTENSIONS: dict[str, str] = {"steering": "safetensors"}
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = "run.lock"
+REPORT_NAME = "report.md"
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PHASE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_EXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,15}$")
+_ITER_DIR = re.compile(r"^iter=(\d+)$")
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it is a safe directory name, else raise ValueError saying why."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id.startswith("iter="):
+        raise ValueError(
+            f"run_id {run_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return run_id
+
+
+def validate_phase(phase: str) -> str:
+    if not isinstance(phase, str) or not _PHASE.match(phase):
+        raise ValueError(
+            f"phase {phase!r} is not valid: use lower-case letters, digits and '_' "
+            f"(the pipeline's phases are {', '.join(PHASES)})"
+        )
+    return phase
+
+
+def _validate_iteration(iteration: int) -> int:
+    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
+        raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
+    return iteration
+
+
+def iteration_dir(iteration: int) -> str:
+    return f"iter={_validate_iteration(iteration)}"
+
+
+def parse_iteration_dir(name: str) -> int | None:
+    """``'iter=3'`` -> 3; anything else -> None."""
+    m = _ITER_DIR.match(name.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:
+    """``iter={t}/{phase}.{ext}``; ``ext`` defaults to the phase's (parquet, safetensors)."""
+    validate_phase(phase)
+    ext = (ext or PHASE_EXTENSIONS.get(phase, "parquet")).lstrip(".")
+    if not _EXT.match(ext):
+        raise ValueError(f"file extension {ext!r} is not valid")
+    return f"{iteration_dir(iteration)}/{phase}.{ext}"
+
+
+def phase_sort_key(phase: str) -> tuple[int, str]:
+    """Pipeline order for known phases, then alphabetical."""
+    try:
+        return (PHASES.index(phase), phase)
+    except ValueError:
+        return (len(PHASES), phase)

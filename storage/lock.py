@@ -1,0 +1,281 @@
+"""A run lock: one writer per run.
+
+``{store}/{run_id}/run.lock`` is a small JSON file naming the holder, host, pid, start time
+and a random token. Acquiring it is atomic:
+
+- locally the lock content is written to a temporary file which is then hard-linked to the
+  lock name (``link`` fails if the name exists, and the lock is never seen half-written);
+  where hard links are not supported, an ``O_CREAT | O_EXCL`` create is used;
+- on S3 a conditional put (``If-None-Match: *``, s3fs ``pipe_file(mode="create")``) creates the
+  object only if it does not exist; the lock is then read back and its token compared, which
+  also catches a server that ignores the condition.
+
+A second writer gets :class:`RunLockedError` naming the holder. A lock left by a process that
+died on *this* host (its pid is gone) is taken over with a warning. To break any other stale
+lock, delete the lock file named in the error (``storage.lock.break_lock(store, run_id)``)
+or open the lock with ``force=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import uuid
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from . import artifacts as _a
+from .layout import validate_run_id
+from .manifest import utc_now
+from .store import ArtifactStore
+
+__all__ = ["LockInfo", "RunLock", "RunLockedError", "read_lock", "break_lock"]
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """Who holds a run lock."""
+
+    holder: str
+    hostname: str
+    pid: int
+    since: str
+    token: str
+
+    def describe(self) -> str:
+        return f"{self.holder!r} (pid {self.pid} on host {self.hostname}, since {self.since})"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, where: str) -> LockInfo:
+        try:
+            d = json.loads(raw)
+            return cls(
+                holder=str(d["holder"]),
+                hostname=str(d["hostname"]),
+                pid=int(d["pid"]),
+                since=str(d["since"]),
+                token=str(d["token"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            return cls(holder="<unreadable lock file>", hostname="?", pid=-1, since="?", token="")
+
+
+class RunLockedError(RuntimeError):
+    """The run is locked by another writer."""
+
+    def __init__(self, run_id: str, lock_uri: str, info: LockInfo) -> None:
+        self.run_id = run_id
+        self.lock_uri = lock_uri
+        self.info = info
+        super().__init__(
+            f"run {run_id!r} is locked by {info.describe()}. If no process is working on this "
+            f"run any more, delete {lock_uri} (storage.lock.break_lock) or take the lock over "
+            "with RunLock(..., force=True)."
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def read_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
+    """The current holder of the run's lock, or None when the run is not locked."""
+    store = ArtifactStore.open(store)
+    uri = store.lock_uri(run_id)
+    try:
+        raw = _a.read_bytes(store, uri)
+    except FileNotFoundError:
+        return None
+    return LockInfo.from_bytes(raw, uri)
+
+
+def break_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
+    """Delete the run's lock whoever holds it; returns who held it (None if nobody)."""
+    store = ArtifactStore.open(store)
+    info = read_lock(store, run_id)
+    store.delete(store.lock_uri(run_id))
+    return info
+
+
+class RunLock:
+    """Context manager holding the lock of ``run_id`` in ``store``.
+
+    ``holder`` is a free label shown to whoever is refused (e.g. ``"sims run (flow abc)"``);
+    host, pid and time are added. ``force=True`` takes the lock whoever holds it (with a
+    warning). ``take_over_dead=False`` refuses even a lock whose process died on this host.
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore | str | None,
+        run_id: str,
+        holder: str,
+        *,
+        force: bool = False,
+        take_over_dead: bool = True,
+    ) -> None:
+        self.store = ArtifactStore.open(store)
+        self.run_id = validate_run_id(run_id)
+        self.holder = holder
+        self.force = force
+        self.take_over_dead = take_over_dead
+        self.uri = self.store.lock_uri(run_id)
+        self.info: LockInfo | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.info is not None
+
+    # ------------------------------------------------------------ acquire/release
+    def acquire(self) -> LockInfo:
+        if self.info is not None:
+            raise RuntimeError(f"lock {self.uri} is already held by this RunLock")
+        info = LockInfo(
+            holder=self.holder,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            since=utc_now(),
+            token=uuid.uuid4().hex,
+        )
+        for _ in range(3):
+            if self._try_create(info):
+                self.info = info
+                return info
+            current = read_lock(self.store, self.run_id)
+            if current is None:  # released between our attempt and the read: try again
+                continue
+            if self.force:
+                warnings.warn(
+                    f"taking over the lock of run {self.run_id!r} held by {current.describe()} (force=True)",
+                    stacklevel=2,
+                )
+                self._overwrite(info)
+                self.info = info
+                return info
+            if (
+                self.take_over_dead
+                and current.hostname == info.hostname
+                and current.pid != info.pid
+                and not _pid_alive(current.pid)
+            ):
+                warnings.warn(
+                    f"taking over the stale lock of run {self.run_id!r} left by {current.describe()}: "
+                    "that process is no longer running",
+                    stacklevel=2,
+                )
+                if self._remove_if(current):
+                    continue
+                # someone else removed/replaced it first: look again
+                continue
+            raise RunLockedError(self.run_id, self.uri, current)
+        current = read_lock(self.store, self.run_id)
+        raise RunLockedError(
+            self.run_id,
+            self.uri,
+            current or LockInfo("<changing>", "?", -1, "?", ""),
+        )
+
+    def release(self) -> None:
+        """Delete the lock if it is still ours (a forced takeover by another is left alone)."""
+        if self.info is None:
+            return
+        mine, self.info = self.info, None
+        current = read_lock(self.store, self.run_id)
+        if current is None:
+            return
+        if current.token != mine.token:
+            warnings.warn(
+                f"lock of run {self.run_id!r} was taken over by {current.describe()}; leaving it",
+                stacklevel=2,
+            )
+            return
+        self._remove_if(current)
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # ------------------------------------------------------------ backends
+    def _try_create(self, info: LockInfo) -> bool:
+        data = info.to_json().encode()
+        fs = self.store.fs
+        path = self.store.location.to_path(self.uri)
+        if self.store.location.is_local:
+            directory = os.path.dirname(path)
+            os.makedirs(directory, exist_ok=True)
+            tmp = os.path.join(directory, f".{os.path.basename(path)}{_a.TEMP_MARKER}{info.token[:12]}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                return True
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        fs.invalidate_cache(path)
+        back = read_lock(self.store, self.run_id)
+        return back is not None and back.token == info.token
+
+    def _overwrite(self, info: LockInfo) -> None:
+        _a.write_bytes(self.store, self.uri, info.to_json())
+
+    def _remove_if(self, expected: LockInfo) -> bool:
+        """Remove the lock only if it is still ``expected``; True if removed."""
+        path = self.store.location.to_path(self.uri)
+        if self.store.location.is_local:
+            aside = f"{path}.stale-{uuid.uuid4().hex[:12]}"
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return False
+            with open(aside, "rb") as f:
+                moved = LockInfo.from_bytes(f.read(), aside)
+            if moved.token != expected.token:  # we moved someone else's fresh lock: put it back
+                try:
+                    os.link(aside, path)
+                except FileExistsError:
+                    pass
+                os.unlink(aside)
+                return False
+            os.unlink(aside)
+            return True
+        current = read_lock(self.store, self.run_id)
+        if current is None or current.token != expected.token:
+            return False
+        self.store.delete(self.uri)
+        return True
