@@ -1,0 +1,119 @@
+"""User rules: an oracle from a Python callable, and weighted sums of oracles.
+
+A callable is given as ``"package.module:function"`` (or as the function itself). By default it
+is called per answer, ``function(prompt, answer) -> float``; with ``batched=True`` it is called
+once, ``function(prompts, candidates) -> list[list[float]]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sims_core.oracles.base import Oracle, OracleError, check_scores, get_oracle, validate_candidates
+
+__all__ = ["CallableOracle", "SumOracle", "import_callable"]
+
+
+def import_callable(path: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"`` (the function may be a dotted attribute path)."""
+    if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
+        raise OracleError(f"callable {path!r} must be written 'package.module:function'")
+    module_name, attr = path.split(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise OracleError(f"callable {path!r}: module {module_name!r} could not be imported ({exc})") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise OracleError(f"callable {path!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise OracleError(f"callable {path!r} is a {type(obj).__name__}, not a function")
+    return obj
+
+
+@dataclass
+class CallableOracle:
+    """Scores with a user's function (see the module docstring for the two call forms)."""
+
+    function: str | Callable[..., Any]
+    batched: bool = False
+    name: str = field(init=False, default="callable")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.function, str):
+            self.name = f"callable({self.function})"
+            self.fn = import_callable(self.function)
+        elif callable(self.function):
+            self.fn = self.function
+            self.name = f"callable({getattr(self.function, '__qualname__', type(self.function).__name__)})"
+        else:
+            raise OracleError(f"callable oracle: function must be 'package.module:function' or a callable, got {self.function!r}")
+
+    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        prompts, candidates = validate_candidates(prompts, candidates, self.name)
+        if self.batched:
+            raw = self.fn(prompts, candidates)
+        else:
+            raw = [[self.fn(p, a) for a in g] for p, g in zip(prompts, candidates)]
+        return check_scores(self.name, prompts, candidates, raw)
+
+
+def _build(spec: Any) -> tuple[Oracle, float]:
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        if "name" not in options:
+            raise OracleError(f"sum: component {spec!r} needs a 'name' (the oracle to build)")
+        name = options.pop("name")
+        weight = float(options.pop("weight", 1.0))
+        return get_oracle(name, **options), weight
+    if isinstance(spec, tuple) and len(spec) == 2:
+        oracle, weight = spec
+        if isinstance(oracle, str):
+            oracle = get_oracle(oracle)
+        if not isinstance(oracle, Oracle):
+            raise OracleError(f"sum: component {oracle!r} is not an oracle (needs .name and .score)")
+        return oracle, float(weight)
+    if isinstance(spec, Oracle):
+        return spec, 1.0
+    raise OracleError(f"sum: each component must be an oracle, (oracle, weight) or {{'name': ..., 'weight': ...}}, got {spec!r}")
+
+
+@dataclass
+class SumOracle:
+    """Weighted sum of oracles' scores.
+
+    Args:
+        oracles: components, each an oracle, an ``(oracle or name, weight)`` pair or a mapping
+            ``{"name": ..., "weight": ..., **options}``.
+        standardize: z-score each component's scores within a prompt before weighting, so
+            components on different scales count as their weights say.
+    """
+
+    oracles: Sequence[Any]
+    standardize: bool = False
+    name: str = field(init=False, default="sum")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.oracles, (str, Mapping)) or not self.oracles:
+            raise OracleError("sum: oracles must be a non-empty list of components")
+        self.components = [_build(spec) for spec in self.oracles]
+        self.name = "sum(" + " + ".join(f"{w:g}*{o.name}" for o, w in self.components) + ")"
+
+    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        prompts, candidates = validate_candidates(prompts, candidates, self.name)
+        totals = [np.zeros(len(g)) for g in candidates]
+        for oracle, weight in self.components:
+            part = check_scores(oracle.name, prompts, candidates, oracle.score(prompts, candidates))
+            for t, row in zip(totals, part):
+                values = np.asarray(row, dtype=float)
+                if self.standardize:
+                    spread = values.std()
+                    values = (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
+                t += weight * values
+        return check_scores(self.name, prompts, candidates, [t.tolist() for t in totals])
