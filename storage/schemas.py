@@ -218,7 +218,7 @@ def _cast_column(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
         return col
     if pa.types.is_string(dst) and _is_stringish(src):
         return col.cast(dst)
-    if pa.types.is_null(src) and field.nullable:
+    if pa.types.is_null(src):  # all-null column: the null check below names it
         return col.cast(dst)
     if pa.types.is_integer(dst) and pa.types.is_integer(src):
         return col.cast(dst, safe=True)
