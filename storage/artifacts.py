@@ -526,7 +526,8 @@ class ActivationWriter:
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"layer {layer}: activations contain NaN or infinite values")
         layer = int(layer)
-        arr = np.ascontiguousarray(arr, dtype=self._np_dtype)
+        # Always copy: the caller may reuse its buffer (or tensor) before the row group is flushed.
+        arr = np.array(arr, dtype=self._np_dtype, order="C", copy=True)
         self._buffers.setdefault(layer, []).append((ids, role_list, counts, arr))
         self._buffered[layer] = self._buffered.get(layer, 0) + n
         while self._buffered[layer] >= self.row_group_rows:

@@ -92,6 +92,19 @@ def test_memory_stays_bounded_rows_are_flushed_while_writing(tmp_path):
     assert w.row_groups_written == 4 and w.rows_written == 13
 
 
+def test_buffered_rows_are_copies_of_the_callers_arrays(tmp_path):
+    uri = str(tmp_path / "a.parquet")
+    buf = np.zeros((2, 4), dtype=np.float32)
+    t = torch.zeros(2, 4)
+    with ActivationWriter(None, uri, dtype="float32", row_group_rows=100) as w:
+        w.write(0, buf, ["a", "b"], "chosen", 1)
+        w.write(0, t, ["a", "b"], "rejected", 1)
+        buf += 9.0  # reused by the caller before the writer flushed
+        t += 9.0
+    with ActivationReader(None, uri) as r:
+        assert r.load_layer(0).values.sum() == 0.0
+
+
 def test_iterating_all_row_groups_yields_bounded_batches(tmp_path):
     uri = str(tmp_path / "a.parquet")
     rng = np.random.default_rng(1)

@@ -105,3 +105,12 @@ def test_list_runs_lists_only_directories_with_a_manifest(store):
 
 def test_list_runs_of_an_empty_store_is_empty(tmp_path):
     assert ArtifactStore.open(os.path.join(tmp_path, "nothing")).list_runs() == []
+
+
+def test_a_bare_s3_uri_is_opened_from_the_aws_environment(s3_bucket, aws_env):
+    from storage import content_hash, read_bytes, write_bytes
+
+    uri = f"s3://{s3_bucket}/loose/file.bin"
+    written = write_bytes(None, uri, b"payload")
+    assert read_bytes(None, uri) == b"payload"
+    assert content_hash(None, uri) == written.sha256
