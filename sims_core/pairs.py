@@ -124,7 +124,6 @@ def pairs_from_scores(
             skipped["tied_scores"] += 1
             continue
         order = sorted(range(len(group)), key=lambda j: (-row[j], j))  # stable: earlier index wins ties
-        made = 0
         for i in range(min(wanted, len(group) // 2)):
             best, worst = order[i], order[len(order) - 1 - i]
             margin = row[best] - row[worst]
@@ -136,7 +135,6 @@ def pairs_from_scores(
                 continue
             pairs.append(PreferencePair(prompt, group[best], group[worst], margin, iteration, "ranking",
                                         row[best], row[worst]))
-            made += 1
         if wanted > len(group) // 2:
             skipped["too_few_candidates"] += wanted - len(group) // 2
     return PairSet(pairs, len(prompts), dict(skipped))
