@@ -291,7 +291,7 @@ def evaluate(
                 conditions["random_direction"] = generate(lm, prompts, temperature=temperature, **gen)
     if "low_temperature" in controls:
         low = control_temperature if control_temperature is not None else temperature / 2
-        conditions[f"low_temperature"] = generate(lm, prompts, temperature=low, **gen)
+        conditions["low_temperature"] = generate(lm, prompts, temperature=low, **gen)
         notes.append(f"low_temperature control sampled at temperature {low:g}")
 
     rows = []
