@@ -1,0 +1,386 @@
+"""Prompt sets: validated, identified, split and sampled prompts (no answers needed).
+
+SIMS only needs prompts: each iteration samples N training prompts, the policy answers them,
+an oracle ranks the answers. This module turns a list of prompt texts into
+:class:`PromptRecord` objects with stable ids, assigns each to ``train``/``val``/``eval``, and
+picks the prompts for one iteration, all deterministically and independently of input order.
+
+Pure: the only file this module reads is the built-in prompt set packaged with ``sims_core``
+(``sims_core/data/default_prompts.jsonl``, through :mod:`importlib.resources`). Reading user
+files, URLs and Hugging Face datasets is ``storage.prompts``' job.
+
+Quick tour::
+
+    from sims_core.prompts import default_prompts, make_prompt_records, split_prompts, sample_prompts
+
+    records, report = make_prompt_records(texts)        # report.n_duplicates, report.n_empty
+    records = split_prompts(records, eval_fraction=0.25, val_fraction=0.15, seed=0)
+    sample = sample_prompts(records, n=64, seed=0, iteration=3)
+    if sample.shortfall:
+        logger.warning(sample.message)                 # fewer train prompts than asked
+    prompts = [r.prompt for r in sample.records]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from typing import Any
+
+__all__ = [
+    "DEFAULT_PROMPTS_RESOURCE",
+    "SPLITS",
+    "PromptRecord",
+    "PromptReport",
+    "PromptSample",
+    "default_prompts",
+    "make_prompt_records",
+    "normalize_prompt",
+    "prompt_id",
+    "records_to_rows",
+    "sample_prompts",
+    "split_counts",
+    "split_prompts",
+]
+
+SPLITS: tuple[str, ...] = ("train", "val", "eval")
+DEFAULT_PROMPTS_RESOURCE = "data/default_prompts.jsonl"
+_ID_HEX = 16  # 64 bits of sha256: collisions are negligible for any realistic prompt set
+_MAX_LISTED = 5
+
+
+def normalize_prompt(text: str) -> str:
+    """The form a prompt is identified by: Unicode NFC, whitespace runs collapsed, stripped.
+
+    Case and punctuation are kept: "Why?" and "why?" are different prompts.
+    """
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def prompt_id(text: str) -> str:
+    """A stable id: the first 16 hex digits of sha256 of the normalized text (UTF-8)."""
+    return hashlib.sha256(normalize_prompt(text).encode("utf-8")).hexdigest()[:_ID_HEX]
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt of a prompt set.
+
+    ``prompt`` is the text sent to the model (stripped, inner whitespace kept);
+    ``prompt_id`` is :func:`prompt_id` of it; ``split`` is ``None`` until
+    :func:`split_prompts` assigns ``"train"``, ``"val"`` or ``"eval"``.
+    """
+
+    prompt_id: str
+    prompt: str
+    category: str | None = None
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class PromptReport:
+    """What :func:`make_prompt_records` kept and dropped (nothing is dropped silently).
+
+    ``duplicate_indices``/``empty_indices`` are 0-based positions in the input; a duplicate is
+    a text whose normalized form (hence id) equals an earlier one's, which is kept.
+    """
+
+    n_input: int
+    n_kept: int
+    n_duplicates: int
+    n_empty: int
+    duplicate_indices: tuple[int, ...] = ()
+    empty_indices: tuple[int, ...] = ()
+
+    @property
+    def n_dropped(self) -> int:
+        return self.n_duplicates + self.n_empty
+
+    @property
+    def message(self) -> str:
+        """One sentence for a log: what was kept and what was dropped, with counts."""
+        text = f"kept {self.n_kept} of {self.n_input} prompts"
+        parts = []
+        if self.n_duplicates:
+            parts.append(
+                f"{self.n_duplicates} duplicate{'s' if self.n_duplicates != 1 else ''} "
+                f"(input positions {_listed(self.duplicate_indices)})"
+            )
+        if self.n_empty:
+            parts.append(
+                f"{self.n_empty} empty or whitespace-only "
+                f"(input positions {_listed(self.empty_indices)})"
+            )
+        if parts:
+            text += "; dropped " + " and ".join(parts)
+        return text
+
+
+@dataclass(frozen=True)
+class PromptSample:
+    """The prompts chosen for one iteration by :func:`sample_prompts`.
+
+    ``shortfall`` is ``requested - len(records)`` when fewer prompts were available than asked
+    (then every available prompt is used) and 0 otherwise; ``message`` says so for a log.
+    """
+
+    records: list[PromptRecord]
+    requested: int
+    available: int
+    split: str | None = "train"
+    seed: int = 0
+    iteration: int = 0
+    message: str = field(default="", compare=False)
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.requested - len(self.records))
+
+    @property
+    def prompts(self) -> list[str]:
+        return [r.prompt for r in self.records]
+
+
+def _listed(items: Sequence[Any]) -> str:
+    shown = ", ".join(str(i) for i in items[:_MAX_LISTED])
+    return shown + (f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else "")
+
+
+def make_prompt_records(
+    texts: Sequence[str],
+    categories: Sequence[str | None] | None = None,
+) -> tuple[list[PromptRecord], PromptReport]:
+    """Validate prompt texts and give each an id; returns ``(records, report)``.
+
+    - ``texts`` must be a non-empty list/tuple of strings (a ``TypeError`` names the first
+      non-string and its position); ``categories``, if given, has one entry (str or None) per
+      text.
+    - Empty or whitespace-only texts are dropped and counted in ``report.n_empty``.
+    - Duplicates (same normalized text, hence same id) are dropped after their first
+      occurrence and counted in ``report.n_duplicates``: check ``report.message``.
+    - A ``ValueError`` if no prompt is left.
+
+    Records keep input order; their ``split`` is ``None``.
+    """
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise TypeError(
+            f"texts must be a list of strings, got {type(texts).__name__}"
+            + (" (a single string: wrap it in a list)" if isinstance(texts, str) else "")
+        )
+    if len(texts) == 0:
+        raise ValueError("texts is empty: a prompt set needs at least one prompt")
+    if categories is not None and len(categories) != len(texts):
+        raise ValueError(
+            f"categories has {len(categories)} entries but texts has {len(texts)}; "
+            "give one category (or None) per text"
+        )
+    records: list[PromptRecord] = []
+    seen: set[str] = set()
+    dups: list[int] = []
+    empties: list[int] = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{i}] is {type(text).__name__} ({text!r:.60}), expected a string prompt"
+            )
+        category = None if categories is None else categories[i]
+        if category is not None and not isinstance(category, str):
+            raise TypeError(
+                f"categories[{i}] is {type(category).__name__} ({category!r:.60}), "
+                "expected a string or None"
+            )
+        stripped = text.strip()
+        if not stripped:
+            empties.append(i)
+            continue
+        pid = prompt_id(stripped)
+        if pid in seen:
+            dups.append(i)
+            continue
+        seen.add(pid)
+        records.append(PromptRecord(prompt_id=pid, prompt=stripped, category=category or None))
+    report = PromptReport(
+        n_input=len(texts),
+        n_kept=len(records),
+        n_duplicates=len(dups),
+        n_empty=len(empties),
+        duplicate_indices=tuple(dups),
+        empty_indices=tuple(empties),
+    )
+    if not records:
+        raise ValueError(f"no prompt left: all {len(texts)} texts are empty or whitespace-only")
+    return records, report
+
+
+def default_prompts() -> list[PromptRecord]:
+    """The built-in prompt set (240 short single-turn requests in 12 categories).
+
+    Written for this project for small instruction-tuned chat models: factual questions,
+    how-to, explanations, creative writing, maths word problems, recommendations, definitions,
+    comparisons, summaries, rewriting, advice and brainstorming. Records have ``category`` set
+    and ``split`` ``None``.
+    """
+    raw = resources.files("sims_core").joinpath(DEFAULT_PROMPTS_RESOURCE).read_text("utf-8")
+    texts: list[str] = []
+    cats: list[str | None] = []
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(
+                f"sims_core/{DEFAULT_PROMPTS_RESOURCE} line {lineno} is not "
+                '{"prompt": str, "category": str}'
+            )
+        texts.append(row["prompt"])
+        cats.append(row.get("category"))
+    records, report = make_prompt_records(texts, cats)
+    if report.n_dropped:  # the packaged file is checked by tests; this guards hand edits
+        raise ValueError(f"sims_core/{DEFAULT_PROMPTS_RESOURCE}: {report.message}")
+    return records
+
+
+def _unit(*parts: object) -> float:
+    """A number in [0, 1) from sha256 of the parts: the same on every platform and run."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def _check_unique_ids(records: Sequence[PromptRecord], where: str) -> None:
+    seen: set[str] = set()
+    for i, r in enumerate(records):
+        if not isinstance(r, PromptRecord):
+            raise TypeError(f"{where}: records[{i}] is {type(r).__name__}, expected PromptRecord")
+        if r.prompt_id in seen:
+            raise ValueError(
+                f"{where}: prompt_id {r.prompt_id!r} appears twice (records[{i}]); "
+                "build records with make_prompt_records, which drops duplicates"
+            )
+        seen.add(r.prompt_id)
+
+
+def split_counts(records: Iterable[PromptRecord]) -> dict[str, int]:
+    """How many records each split holds (``None`` counted as ``"unsplit"``)."""
+    counts = {s: 0 for s in SPLITS}
+    for r in records:
+        key = r.split if r.split is not None else "unsplit"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def split_prompts(
+    records: Sequence[PromptRecord],
+    eval_fraction: float = 0.25,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+) -> list[PromptRecord]:
+    """Assign each record to ``"train"``, ``"val"`` or ``"eval"``; returns new records.
+
+    A record's split depends only on ``(seed, prompt_id)``: ``u = sha256(seed, id)`` mapped to
+    [0, 1) goes to eval if ``u < eval_fraction``, to val if ``u < eval_fraction +
+    val_fraction``, else to train. So the split of a prompt does not change with the order of
+    the records or with which other prompts are present, and fractions are met only on average.
+
+    Raises ``ValueError`` for fractions outside [0, 1) or summing to 1 or more, and when a split
+    with a positive fraction would be empty (naming the split and the counts). A fraction of 0
+    means that split is intentionally empty. Output keeps input order.
+    """
+    for name, value in (("eval_fraction", eval_fraction), ("val_fraction", val_fraction)):
+        if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    if eval_fraction + val_fraction >= 1.0:
+        raise ValueError(
+            f"eval_fraction + val_fraction must be below 1 to leave training prompts, got "
+            f"{eval_fraction} + {val_fraction} = {eval_fraction + val_fraction}"
+        )
+    if not records:
+        raise ValueError("records is empty: nothing to split")
+    _check_unique_ids(records, "split_prompts")
+    out: list[PromptRecord] = []
+    for r in records:
+        u = _unit("split", seed, r.prompt_id)
+        split = "eval" if u < eval_fraction else "val" if u < eval_fraction + val_fraction else "train"
+        out.append(replace(r, split=split))
+    counts = split_counts(out)
+    fractions = {"train": 1.0 - eval_fraction - val_fraction, "val": val_fraction, "eval": eval_fraction}
+    for name in SPLITS:
+        if fractions[name] > 0 and counts[name] == 0:
+            shown = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
+            hint = (
+                "add prompts or lower eval_fraction/val_fraction"
+                if name == "train"
+                else f"add prompts, raise {name}_fraction, or set {name}_fraction=0 to have no "
+                f"{name} split"
+            )
+            raise ValueError(
+                f"split {name!r} would be empty with {len(out)} prompt{'s' if len(out) != 1 else ''}"
+                f" ({shown}; eval_fraction={eval_fraction}, val_fraction={val_fraction}, "
+                f"seed={seed}): {hint}"
+            )
+    return out
+
+
+def sample_prompts(
+    records: Sequence[PromptRecord],
+    n: int,
+    seed: int,
+    iteration: int,
+    *,
+    split: str | None = "train",
+) -> PromptSample:
+    """Choose ``n`` prompts of ``split`` (default ``"train"``; ``None``: all) for an iteration.
+
+    Deterministic from ``(seed, iteration)`` and order-independent: each candidate is ranked by
+    ``sha256(seed, iteration, prompt_id)`` and the ``n`` lowest are taken, returned in input
+    order. Different iterations get different (overlapping) samples.
+
+    If fewer than ``n`` candidates exist, all of them are returned and the result's
+    ``shortfall``/``message`` say so: the caller logs it (no exception, no silent truncation).
+    Raises ``ValueError`` for ``n < 1``, an unknown ``split``, or no candidate at all.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer number of prompts, got {n!r}")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)} or None, got {split!r}")
+    _check_unique_ids(records, "sample_prompts")
+    candidates = [r for r in records if split is None or r.split == split]
+    if not candidates:
+        counts = split_counts(records)
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+        raise ValueError(
+            f"no {split!r} prompts to sample from ({len(records)} records: {shown})"
+            + ("; assign splits with split_prompts first" if counts.get("unsplit") else "")
+        )
+    ranked = sorted(candidates, key=lambda r: (_unit("sample", seed, iteration, r.prompt_id), r.prompt_id))
+    chosen = {r.prompt_id for r in ranked[:n]}
+    picked = [r for r in candidates if r.prompt_id in chosen]
+    what = f"{split} prompts" if split else "prompts"
+    if len(picked) < n:
+        message = (
+            f"asked for {n} {what} at iteration {iteration} but only {len(picked)} exist: "
+            f"using all {len(picked)}"
+        )
+    else:
+        message = f"sampled {n} of {len(candidates)} {what} for iteration {iteration} (seed {seed})"
+    return PromptSample(
+        records=picked,
+        requested=n,
+        available=len(candidates),
+        split=split,
+        seed=seed,
+        iteration=iteration,
+        message=message,
+    )
+
+
+def records_to_rows(records: Iterable[PromptRecord]) -> list[dict[str, str | None]]:
+    """Records as dicts with the ``prompts`` artifact's columns (prompt_id, prompt, split,
+    category), ready for ``pandas.DataFrame(rows)``."""
+    return [
+        {"prompt_id": r.prompt_id, "prompt": r.prompt, "split": r.split, "category": r.category}
+        for r in records
+    ]
