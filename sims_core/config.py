@@ -134,6 +134,21 @@ class SimsConfig:
             return tuple(float(a) for a in self.alphas)
         return DEFAULT_ALPHAS[self.learner]
 
+    def candidate_layers(self, num_layers: int) -> list[int]:
+        """Layers whose activations are extracted and scored: ``layers`` if set (checked
+        against the model), else five evenly spaced layers in the middle half of the model,
+        where steering directions are usually most effective."""
+        if self.layers is not None:
+            bad = [layer for layer in self.layers if layer >= num_layers]
+            if bad:
+                raise ConfigError(f"layers {bad} are out of range: the model has layers 0..{num_layers - 1}")
+            return sorted(set(self.layers))
+        low, high = num_layers // 4, max(num_layers // 4, (3 * num_layers) // 4 - 1)
+        count = min(5, high - low + 1)
+        if count <= 1:
+            return [low]
+        return sorted({round(low + i * (high - low) / (count - 1)) for i in range(count)})
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         for key, value in out.items():

@@ -1,0 +1,1 @@
+"""Prefect flows (the resumable T-iteration `self_improve`) and the `sims` command line."""

@@ -1,0 +1,253 @@
+"""The ``sims`` command line.
+
+    sims run [--config FILE] [--set key=value ...] [--run-id NAME] [--store URL]
+    sims resume RUN_ID [--iterations N] [--set key=value ...] [--store URL]
+    sims status RUN_ID [--json] [--store URL]
+    sims runs [--store URL]
+    sims eval RUN_ID [--iteration T] [--json] [--store URL]
+    sims export RUN_ID {steering,dpo,gguf} --out PATH [--iteration T] [--store URL]
+
+``sims run`` with no arguments runs the built-in demo: the embedded SmolLM2-135M-Instruct, the
+built-in prompt set, the embedding oracle and the PMI judge, on Prefect's ephemeral local server
+(nothing to start, no credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+DEFAULT_STORE = os.environ.get("SIMS_STORE", "./runs")
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: printed as one line, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from sims_core.config import ConfigError
+    from sims_core.models import ModelLoadError, ModelStructureError
+    from sims_core.oracles import OracleError
+    from sims_core.steering.steering_set import IncompatibleSteeringError, SteeringFileError
+    from storage import ArtifactSchemaError, RunLockedError, UnsupportedStoreError
+
+    return (UsageError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
+            UnsupportedStoreError, ArtifactSchemaError, SteeringFileError, IncompatibleSteeringError, FileNotFoundError)
+
+
+def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
+    from sims_core.config import SimsConfig
+
+    cfg = SimsConfig.from_dict(base) if base is not None else SimsConfig()
+    if getattr(args, "config", None):
+        if not os.path.isfile(args.config):
+            raise UsageError(f"config file {args.config!r} does not exist")
+        cfg = SimsConfig.from_yaml(args.config)
+    overrides = list(getattr(args, "set", None) or [])
+    if getattr(args, "store", None):
+        overrides.append(f"store={args.store}")
+    if getattr(args, "iterations", None):
+        overrides.append(f"iterations={args.iterations}")
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    print()
+    print(f"run {result['run_id']} finished; artifacts in {result['store']}/{result['run_id']}")
+    print(f"report: {result['report']}")
+    rate = result.get("win_rate")
+    if rate is not None and not math.isnan(rate):
+        print(f"held-out win rate vs the base model: {rate:.1%} (95% CI {result['ci_low']:.1%}-{result['ci_high']:.1%}), "
+              f"length-controlled {result['lc_win_rate']:.1%}")
+        for name, value in (result.get("controls") or {}).items():
+            if value is not None and not math.isnan(value):
+                print(f"  control {name.replace('_', ' ')}: {value:.1%}")
+    print(f"steering file: {result['steering']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.self_improve import new_run_id, self_improve
+
+    cfg = _config_from_args(args)
+    run_id = args.run_id or new_run_id()
+    print(f"sims run {run_id}: store {cfg.store}, model {cfg.model}, {cfg.iterations} iteration(s)", flush=True)
+    result = self_improve(run_id=run_id, config=cfg.to_dict())
+    _print_result(result)
+    return 0
+
+
+def _manifest(store_url: str, run_id: str):
+    from storage import ArtifactStore, Manifest
+
+    return Manifest.load(ArtifactStore.open(store_url), run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from flows.self_improve import self_improve
+
+    manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
+    base = dict(manifest.config)
+    base["store"] = args.store or base.get("store", DEFAULT_STORE)
+    args.store = None
+    cfg = _config_from_args(args, base=base)
+    print(f"sims resume {args.run_id}: {cfg.iterations} iteration(s), finished phases are skipped", flush=True)
+    result = self_improve(run_id=args.run_id, config=cfg.to_dict())
+    _print_result(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
+    frame = manifest.to_frame()
+    if args.json:
+        records = json.loads(frame.to_json(orient="records"))
+        print(json.dumps({"run_id": manifest.run_id, "store": manifest.store.url, "created_at": manifest.created_at,
+                          "iterations": manifest.config.get("iterations"), "phases": records}, indent=2))
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
+        print(f"run {manifest.run_id} in {manifest.store.url} (created {manifest.created_at}, "
+              f"{manifest.config.get('iterations')} iteration(s) requested)")
+        print(frame.drop(columns=["error"]).to_string(index=False) if frame["error"].isna().all() else frame.to_string(index=False))
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from storage import ArtifactStore
+
+    store = ArtifactStore.open(args.store or DEFAULT_STORE)
+    runs = store.list_runs()
+    if not runs:
+        print(f"no runs in {store.url}")
+    for run in runs:
+        print(run)
+    return 0
+
+
+def _latest(manifest, phase: str, iteration: int | None) -> int:
+    done = [e.iteration for e in manifest.entries if e.phase == phase and e.status == "completed"]
+    if iteration is not None:
+        if iteration not in done:
+            raise UsageError(f"run {manifest.run_id!r} has no completed {phase} at iteration {iteration}; completed: {sorted(done) or 'none'}")
+        return iteration
+    if not done:
+        raise UsageError(f"run {manifest.run_id!r} has no completed {phase} phase yet")
+    return max(done)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tasks.evaluate import summary_from_eval
+
+    manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
+    t = _latest(manifest, "eval", args.iteration)
+    frame = manifest.store.read_frame(manifest.output_uri(t, "eval"), "eval")
+    summary = summary_from_eval(frame)
+    if args.json:
+        print(json.dumps({"run_id": manifest.run_id, "iteration": t, "summary": json.loads(summary.to_json(orient="records"))}, indent=2))
+    else:
+        print(f"run {manifest.run_id}, iteration {t}, evaluation vs the base model:")
+        print(summary.to_string(index=False))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sims_core.pairs import to_dpo_dataframe
+    from sims_core.steering.steering_set import SteeringSet
+    from tasks.buffer import _pairs_from_frame
+
+    manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
+    store = manifest.store
+    if args.what in ("steering", "gguf"):
+        t = _latest(manifest, "steering", args.iteration)
+        data = store.read_bytes(manifest.output_uri(t, "steering", "steering"))
+        steering = SteeringSet.from_bytes(data, source=f"{args.run_id} iteration {t}")
+        if args.what == "steering":
+            path = steering.save(args.out)
+        else:
+            if steering.learner != "mean_diff":
+                raise UsageError(f"a GGUF control vector holds one vector per layer; iteration {t} used learner "
+                                 f"{steering.learner!r}, so only mean_diff runs can be exported as GGUF")
+            path = steering.to_gguf(args.out)
+        print(f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})")
+        return 0
+    t = _latest(manifest, "buffer", args.iteration)
+    pairs = _pairs_from_frame(store.read_frame(manifest.output_uri(t, "buffer"), "buffer"))
+    frame = to_dpo_dataframe(pairs)
+    out = args.out
+    if out.endswith(".jsonl"):
+        frame.to_json(out, orient="records", lines=True, force_ascii=False)
+    elif out.endswith(".parquet"):
+        frame.to_parquet(out, index=False)
+    else:
+        raise UsageError(f"--out for dpo must end in .parquet or .jsonl, got {out!r}")
+    print(f"wrote {len(frame)} DPO pairs (prompt, chosen, rejected) from iteration {t} to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sims", description="Self-Improving Model Steering")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the full SIMS flow (no arguments: the built-in demo)")
+    run.add_argument("--config", help="YAML file of config fields")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    run.add_argument("--run-id", help="name of the run (default: run-<UTC time>-<random>)")
+    run.add_argument("--store", help=f"artifact store: a directory or s3://bucket/prefix (default {DEFAULT_STORE})")
+    run.set_defaults(func=cmd_run)
+
+    resume = sub.add_parser("resume", help="resume a run from its artifacts (or extend it with --iterations)")
+    resume.add_argument("run_id")
+    resume.add_argument("--iterations", type=int, help="total iterations wanted (more than before continues the run)")
+    resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
+    resume.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    resume.set_defaults(func=cmd_resume)
+
+    status = sub.add_parser("status", help="the phase table of a run")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    status.set_defaults(func=cmd_status)
+
+    runs = sub.add_parser("runs", help="list the runs in a store")
+    runs.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    runs.set_defaults(func=cmd_runs)
+
+    ev = sub.add_parser("eval", help="the evaluation summary of a run's iteration")
+    ev.add_argument("run_id")
+    ev.add_argument("--iteration", type=int, help="default: the latest evaluated iteration")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    ev.set_defaults(func=cmd_eval)
+
+    export = sub.add_parser("export", help="export a steering file, DPO pairs or a GGUF control vector")
+    export.add_argument("run_id")
+    export.add_argument("what", choices=["steering", "dpo", "gguf"])
+    export.add_argument("--out", required=True, help="output path (.safetensors or dir; .parquet/.jsonl; .gguf)")
+    export.add_argument("--iteration", type=int, help="default: the latest iteration")
+    export.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as exc:
+        print(f"sims {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sims {args.command}: interrupted; `sims resume` continues from the finished phases", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Task: activations of the BASE model on the buffer's chosen / rejected answers."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sims_core import capture_activations
+from sims_core.progress import progress_bar
+from sims_core.steering import align_pairs
+from tasks.phase import PhaseContext, phase_logger, run_phase
+from tasks.runtime import base_model
+
+__all__ = ["extract_activations", "TOKEN_LEARNERS"]
+
+# Learners trained on token-aligned pairs (HPR's published recipe); the others on mean-pooled rows.
+TOKEN_LEARNERS = ("hpr", "linear_shift")
+CHUNK = 32  # pairs per chunk: memory stays bounded whatever the buffer size
+
+
+@task(name="extract-activations", cache_policy=NO_CACHE)
+def extract_activations(ctx: PhaseContext, buffer_uri: str) -> str:
+    """Capture the candidate layers' activations on every pair, streamed to Parquet in row groups.
+    Mean-pooled rows for mean_diff; token-aligned rows (``pair_id:k``) for HPR / linear_shift."""
+
+    def compute():
+        cfg = ctx.cfg
+        lm = base_model(cfg)
+        store = ctx.store
+        layers = cfg.candidate_layers(lm.num_layers)
+        pairs = store.read_frame(buffer_uri, "buffer")
+        per_token = cfg.learner in TOKEN_LEARNERS
+        skipped_tokens = 0
+        with store.activation_writer(ctx.uri("activations"), hidden=lm.hidden_size, dtype="float32") as writer, \
+                progress_bar(total=len(pairs), desc="extracting activations", unit="pair") as bar:
+            for start in range(0, len(pairs), CHUNK):
+                chunk = pairs.iloc[start:start + CHUNK]
+                prompts = chunk["prompt"].tolist()
+                ids = chunk["pair_id"].tolist()
+                pooling = "none" if per_token else "mean"
+                chosen = capture_activations(lm, prompts, chunk["chosen"].tolist(), layers, pooling=pooling,
+                                             batch_size=cfg.batch_size, progress=False)
+                rejected = capture_activations(lm, prompts, chunk["rejected"].tolist(), layers, pooling=pooling,
+                                               batch_size=cfg.batch_size, progress=False)
+                for layer in layers:
+                    if not per_token:
+                        counts_c = [len(lm.encode_response(t)) for t in chunk["chosen"]]
+                        counts_r = [len(lm.encode_response(t)) for t in chunk["rejected"]]
+                        writer.write(layer, chosen[layer].numpy(), ids, "chosen", counts_c)
+                        writer.write(layer, rejected[layer].numpy(), ids, "rejected", counts_r)
+                        continue
+                    for pid, pos_tokens, neg_tokens in zip(ids, chosen[layer], rejected[layer]):
+                        pos, neg, stats = align_pairs([pos_tokens], [neg_tokens], return_stats=True)
+                        skipped_tokens += stats.skipped_identical
+                        if len(pos) == 0:
+                            continue
+                        row_ids = [f"{pid}:{k}" for k in range(len(pos))]
+                        writer.write(layer, pos.numpy(), row_ids, "chosen", 1)
+                        writer.write(layer, neg.numpy(), row_ids, "rejected", 1)
+                bar.update(len(chunk))
+        phase_logger().info(
+            "iteration %d: activations of %d pairs at layers %s (%s rows)%s", ctx.iteration, len(pairs), layers,
+            writer.rows_written, f", {skipped_tokens} near-identical token positions skipped" if per_token else "",
+        )
+        return {"activations": writer.result}
+
+    return run_phase(ctx, "activations", depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
+                     inputs={"buffer": buffer_uri}, compute=compute).uri

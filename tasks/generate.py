@@ -1,0 +1,49 @@
+"""Task: the policy pi_{t-1} samples K answers per prompt."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sims_core import generate
+from sims_core.seeding import derive_seed
+from tasks.phase import PhaseContext, run_phase
+from tasks.runtime import base_model, load_steering, policy
+
+__all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame"]
+
+GENERATION_FIELDS = ("model", "device", "dtype", "system_prompt", "num_samples", "max_new_tokens", "temperature",
+                     "top_p", "seed", "positions")
+
+
+def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
+    """One row per (prompt, sample) in the ``generations`` artifact layout."""
+    rows = []
+    for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations):
+        for index, g in enumerate(samples):
+            rows.append({"prompt_id": prompt_id, "prompt": prompt, "sample_index": index, "text": g.text,
+                         "num_tokens": g.num_tokens, "finish_reason": g.finish_reason, "seed": g.seed})
+    return pd.DataFrame(rows)
+
+
+@task(name="generate", cache_policy=NO_CACHE)
+def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | None) -> str:
+    """Sample ``num_samples`` answers to each of the iteration's prompts with pi_{t-1}."""
+
+    def compute():
+        cfg = ctx.cfg
+        lm = base_model(cfg)
+        prompts = ctx.store.read_frame(prompts_uri, "prompts")
+        steering = load_steering(ctx.store, steering_uri, lm) if steering_uri else None
+        with policy(lm, steering, cfg.positions):
+            out = generate(
+                lm, prompts["prompt"].tolist(), num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
+            )
+        frame = generations_frame(prompts, out)
+        return {"generations": ctx.store.write_table(ctx.uri("generations"), frame, "generations")}
+
+    inputs = {"prompts": prompts_uri} | ({"steering": steering_uri} if steering_uri else {})
+    return run_phase(ctx, "generations", depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute).uri

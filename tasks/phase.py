@@ -1,0 +1,128 @@
+"""Running one phase of one iteration: skip it when its artifacts are fresh, else compute it and
+record it in the run manifest.
+
+A phase's key is (run, iteration, phase, config hash, input artifacts' hashes): a brand-new flow
+run on the same run id skips every finished phase, even with an empty Prefect database, and
+recomputes only what is missing or stale, saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sims_core.config import SimsConfig
+from storage import ArtifactStore, Manifest, WrittenArtifact
+
+__all__ = ["EXECUTIONS", "PhaseContext", "PhaseResult", "run_phase", "phase_logger"]
+
+# How many times each (run, iteration, phase) was computed in this process; tests count with it.
+EXECUTIONS: Counter[tuple[str, int, str]] = Counter()
+
+
+def phase_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow/task run, the module logger elsewhere."""
+    try:
+        from prefect import get_run_logger
+        from prefect.exceptions import MissingContextError
+
+        try:
+            return get_run_logger()
+        except MissingContextError:
+            pass
+    except ImportError:  # pragma: no cover - prefect is a dependency
+        pass
+    return logging.getLogger("sims")
+
+
+@dataclass(frozen=True)
+class PhaseContext:
+    """What every task receives: where the run lives, which iteration, and the config (as a
+    plain dict so that Prefect can show and serialise it)."""
+
+    store_url: str
+    run_id: str
+    iteration: int
+    config: dict[str, Any]
+
+    @property
+    def cfg(self) -> SimsConfig:
+        return SimsConfig.from_dict(self.config)
+
+    @property
+    def store(self) -> ArtifactStore:
+        return ArtifactStore.open(self.store_url)
+
+    def manifest(self) -> Manifest:
+        return Manifest.load(self.store, self.run_id)
+
+    def uri(self, phase: str, ext: str | None = None, iteration: int | None = None) -> str:
+        return self.store.uri(self.run_id, self.iteration if iteration is None else iteration, phase, ext)
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    """URIs of a phase's outputs and whether this call computed them."""
+
+    outputs: dict[str, str]
+    computed: bool
+    reason: str
+
+    @property
+    def uri(self) -> str:
+        return next(iter(self.outputs.values()))
+
+
+def run_phase(
+    ctx: PhaseContext,
+    phase: str,
+    *,
+    depends_on: Iterable[str],
+    inputs: Mapping[str, str],
+    compute: Callable[[], Mapping[str, WrittenArtifact | str]],
+    extra_key: Mapping[str, Any] | None = None,
+) -> PhaseResult:
+    """Skip or compute (ctx.iteration, phase).
+
+    Args:
+        depends_on: the config fields this phase's output depends on (they form its config hash).
+        inputs: name -> URI of the artifacts it reads (their content hashes join its key).
+        compute: does the work and returns name -> written artifact.
+        extra_key: anything else the output depends on (e.g. the iteration's derived seed).
+    """
+    log = phase_logger()
+    cfg = ctx.cfg
+    store = ctx.store
+    manifest = ctx.manifest()
+    config_hash = cfg.hash_of(depends_on)
+    if extra_key:
+        from storage import stable_hash
+
+        config_hash = stable_hash({"config": config_hash, **dict(extra_key)})[:16]
+    input_hashes = {name: store.content_hash(uri) for name, uri in sorted(inputs.items())}
+    fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
+    if fresh:
+        entry = manifest.entry(ctx.iteration, phase)
+        outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
+        log.info("iteration %d %s: skipped, %s", ctx.iteration, phase, reason)
+        return PhaseResult(outputs=outputs, computed=False, reason=reason)
+    log.info("iteration %d %s: computing (%s)", ctx.iteration, phase, reason)
+    manifest.start(ctx.iteration, phase, config_hash=config_hash, input_hashes=input_hashes)
+    started = time.perf_counter()
+    EXECUTIONS[(ctx.run_id, ctx.iteration, phase)] += 1
+    try:
+        written = dict(compute())
+    except BaseException as exc:
+        manifest.fail(ctx.iteration, phase, exc)
+        raise
+    entry = manifest.complete(ctx.iteration, phase, written, config_hash=config_hash, input_hashes=input_hashes)
+    outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
+    log.info(
+        "iteration %d %s: done in %.1fs (%s rows)", ctx.iteration, phase, time.perf_counter() - started,
+        entry.rows if entry.rows is not None else "-",
+    )
+    return PhaseResult(outputs=outputs, computed=True, reason=reason)

@@ -1,0 +1,59 @@
+"""Tasks that choose prompts: the run's split (iteration 0) and each iteration's training sample."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from sims_core.prompts import PromptRecord, make_prompt_records, sample_prompts, split_prompts
+from storage.prompts import load_prompt_table
+from tasks.phase import PhaseContext, phase_logger, run_phase
+
+__all__ = ["split_prompt_set", "sample_iteration_prompts"]
+
+SPLIT_FIELDS = ("prompts", "prompt_column", "prompt_split", "eval_fraction", "val_fraction", "seed")
+
+
+def _frame(records) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"prompt_id": [r.prompt_id for r in records], "prompt": [r.prompt for r in records],
+         "split": [r.split for r in records], "category": [r.category or "" for r in records]}
+    )
+
+
+@task(name="split-prompts", cache_policy=NO_CACHE)
+def split_prompt_set(ctx: PhaseContext) -> str:
+    """Load the prompt source and split it into train / val / eval (iteration 0's prompts)."""
+
+    def compute():
+        cfg = ctx.cfg
+        log = phase_logger()
+        source = load_prompt_table(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
+        records, report = make_prompt_records(source.texts, source.categories)
+        if report.n_dropped:
+            log.warning("prompts from %s: %s", cfg.prompts, report.message)
+        records = split_prompts(records, eval_fraction=cfg.eval_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        counts = pd.Series([r.split for r in records]).value_counts().to_dict()
+        log.info("prompts: %d from %s, split %s", len(records), cfg.prompts, counts)
+        return {"prompts": ctx.store.write_table(ctx.uri("prompts", iteration=0), _frame(records), "prompts")}
+
+    return run_phase(ctx, "prompts", depends_on=SPLIT_FIELDS, inputs={}, compute=compute).uri
+
+
+@task(name="sample-prompts", cache_policy=NO_CACHE)
+def sample_iteration_prompts(ctx: PhaseContext, split_uri: str) -> str:
+    """Choose this iteration's N training prompts (seeded by run seed and iteration)."""
+
+    def compute():
+        cfg = ctx.cfg
+        frame = ctx.store.read_frame(split_uri, "prompts")
+        train = frame[frame["split"] == "train"]
+        records = [PromptRecord(r.prompt_id, r.prompt, r.category or None, r.split)
+                   for r in train[["prompt_id", "prompt", "category", "split"]].itertuples(index=False)]
+        sample = sample_prompts(records, cfg.num_prompts, seed=cfg.seed, iteration=ctx.iteration)
+        if sample.shortfall:
+            phase_logger().warning("iteration %d: %s", ctx.iteration, sample.message)
+        return {"prompts": ctx.store.write_table(ctx.uri("prompts"), _frame(sample.records), "prompts")}
+
+    return run_phase(ctx, "prompts", depends_on=("num_prompts", "seed"), inputs={"split": split_uri}, compute=compute).uri
