@@ -41,6 +41,7 @@ __all__ = [
     "distinct_n",
     "evaluate",
     "length_controlled_win_rate",
+    "edit_norms",
     "random_direction_like",
     "wilson_interval",
     "win_rate",
@@ -184,23 +185,70 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
-def random_direction_like(steering: Any, lm: LanguageModel, alpha: float, seed: int = 0) -> dict[int, torch.Tensor] | None:
+def edit_norms(lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence[str], positions: str | None = None) -> dict[int, float]:
+    """Average size ``||h' - h||`` of the push ``steering`` gives at each of its layers, over the
+    positions it actually moves, measured on a forward pass over the chat-formatted ``prompts``.
+    Layers where nothing moved get 0."""
+    from sims_core.steering.hooks import _hidden_of, steer
+
+    handle = steer(lm, steering, alpha=alpha, positions=positions)
+    handle.remove()  # to learn its layers; re-applied below, after the "before" hooks
+    before: dict[int, torch.Tensor] = {}
+    sums = {layer: 0.0 for layer in handle.layers}
+    counts = {layer: 0 for layer in handle.layers}
+
+    def grab(layer: int):
+        def hook(module: Any, args: tuple, output: Any) -> None:
+            before[layer] = _hidden_of(output).detach().clone()
+        return hook
+
+    def compare(layer: int):
+        def hook(module: Any, args: tuple, output: Any) -> None:
+            diff = (_hidden_of(output).detach().float() - before[layer].float()).norm(dim=-1)
+            moved = diff > 0
+            sums[layer] += float(diff[moved].sum())
+            counts[layer] += int(moved.sum())
+        return hook
+
+    hooks = [lm.layers[layer].register_forward_hook(grab(layer)) for layer in handle.layers]
+    try:
+        with handle, torch.inference_mode():
+            hooks += [lm.layers[layer].register_forward_hook(compare(layer)) for layer in handle.layers]
+            for prompt in prompts:
+                ids = torch.tensor([lm.encode_prompt(prompt)], device=lm.device)
+                lm.model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {layer: sums[layer] / counts[layer] if counts[layer] else 0.0 for layer in handle.layers}
+
+
+def random_direction_like(
+    steering: Any, lm: LanguageModel, alpha: float, seed: int = 0, prompts: Sequence[str] | None = None
+) -> dict[int, torch.Tensor] | None:
     """``{layer: random vector}`` with the same norm as each layer's (alpha-scaled) steering
-    vector, or None when the steering is not made of vectors (e.g. HPR rotations)."""
+    vector. For steering that is not made of vectors (HPR rotations, learned shifts, any
+    callable), the norm is the average push it gives on ``prompts`` (see `edit_norms`); without
+    prompts such steering gets None."""
     if isinstance(steering, Mapping):
         edits, scale = dict(steering), alpha
     elif hasattr(steering, "steering_edits"):
         edits, scale = dict(steering.steering_edits(lm, alpha)), 1.0
     else:
         return None
-    if not edits or not all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in edits.values()):
+    if not edits:
+        return None
+    if all(isinstance(v, torch.Tensor) and v.dim() == 1 for v in edits.values()):
+        norms = {layer: float(edits[layer].detach().float().norm()) * scale for layer in edits}
+    elif prompts:
+        norms = edit_norms(lm, steering, alpha, prompts)
+    else:
         return None
     generator = torch.Generator().manual_seed(seed)
     out = {}
-    for layer in sorted(edits):
-        vector = edits[layer].detach().float().cpu()
-        direction = torch.randn(vector.shape, generator=generator)
-        out[layer] = direction / direction.norm() * vector.norm() * scale
+    for layer in sorted(norms):
+        direction = torch.randn(lm.hidden_size, generator=generator)
+        out[layer] = direction / direction.norm() * norms[layer]
     return out
 
 
@@ -282,9 +330,9 @@ def evaluate(
         conditions["steered"] = generate(lm, prompts, temperature=temperature, **gen)
     if "random_direction" in controls:
         strength = alpha if alpha is not None else float(getattr(steering, "alpha", 1.0))
-        random_spec = random_direction_like(steering, lm, strength, seed) if steering is not None else None
+        random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
         if random_spec is None:
-            notes.append("random_direction control skipped: the steering is not a set of vectors")
+            notes.append("random_direction control skipped: the steering's size could not be measured")
         else:
             default_pos = positions or getattr(steering, "default_positions", None)
             with _steering(lm, random_spec, 1.0, default_pos):

@@ -11,6 +11,7 @@ from sims_core.evaluation import (
     distinct_n,
     evaluate,
     length_controlled_win_rate,
+    edit_norms,
     random_direction_like,
     wilson_interval,
     win_rate,
@@ -110,6 +111,16 @@ def test_random_direction_control_has_the_same_norm_per_layer(tiny_lm):
     assert random_direction_like({1: lambda h: h}, tiny_lm, 1.0) is None
 
 
+def test_random_direction_for_callable_steering_matches_its_measured_push(tiny_lm):
+    shift = torch.zeros(tiny_lm.hidden_size)
+    shift[0] = 3.0
+    steering = {2: lambda h: h + shift.to(h.dtype)}
+    assert edit_norms(tiny_lm, steering, 1.0, ["hi", "What is the capital of France?"]) == {2: pytest.approx(3.0, rel=1e-4)}
+    assert edit_norms(tiny_lm, {2: lambda h: h}, 1.0, ["hi"]) == {2: 0.0}
+    random = random_direction_like(steering, tiny_lm, 1.0, seed=1, prompts=["hi"])
+    assert sorted(random) == [2] and float(random[2].norm()) == pytest.approx(3.0, rel=1e-4)
+
+
 PROMPTS = ["What is the capital of France?", "Give three tips for sleep.", "Write a short poem about the sea."]
 SETTINGS = dict(num_samples=2, max_new_tokens=6, temperature=1.0, seed=5, progress=False)
 
@@ -148,7 +159,7 @@ def test_evaluate_reports_steered_and_controls_side_by_side(tiny_lm, tmp_path):
     summary.to_parquet(tmp_path / "summary.parquet")
 
 
-def test_steering_object_without_vectors_skips_the_random_control_with_a_note(tiny_lm):
+def test_steering_object_without_vectors_gets_a_random_control_of_its_measured_size(tiny_lm):
     class Rotation:
         default_positions = "all"
         alpha = 1.0
@@ -158,8 +169,8 @@ def test_steering_object_without_vectors_skips_the_random_control_with_a_note(ti
 
     judge = get_oracle("callable", function=lambda p, a: 0.0)
     result = evaluate(tiny_lm, PROMPTS[:2], Rotation(), judge=judge, sanity=False, **SETTINGS)
-    assert list(result.summary["condition"]) == ["steered", "low_temperature"]
-    assert any("random_direction control skipped" in note for note in result.notes)
+    assert list(result.summary["condition"]) == ["steered", "random_direction", "low_temperature"]
+    assert not any("random_direction control skipped" in note for note in result.notes)
 
 
 def test_unknown_control_is_an_error(tiny_lm):

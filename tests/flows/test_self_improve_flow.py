@@ -1,0 +1,131 @@
+"""The self_improve flow end to end on a tiny model, resume after a failure, and an S3 store."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from flows.self_improve import self_improve
+from sims_core import load_model
+from sims_core.steering import SteeringSet
+from storage import ArtifactStore, Manifest
+from tasks.phase import EXECUTIONS
+
+PHASES = ["prompts", "generations", "rankings", "buffer", "activations", "steering", "eval"]
+
+
+def _table(store: ArtifactStore, manifest: Manifest, iteration: int, phase: str, schema: str) -> pd.DataFrame:
+    return store.read_frame(manifest.output_uri(iteration, phase), schema)
+
+
+def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, tiny_config, tiny_model_dir):
+    result = self_improve(run_id="e2e", config=tiny_config)
+    store = ArtifactStore.open(tiny_config["store"])
+    manifest = Manifest.load(store, "e2e")
+    assert [(e.iteration, e.phase, e.status) for e in manifest.entries] == [(0, "prompts", "completed")] + [
+        (t, phase, "completed") for t in (1, 2) for phase in PHASES
+    ]
+    split = _table(store, manifest, 0, "prompts", "prompts")
+    assert set(split["split"]) == {"train", "val", "eval"} and len(split) == 240
+    generations = _table(store, manifest, 2, "generations", "generations")
+    assert len(generations) == 4 * 3 and sorted(generations["sample_index"].unique()) == [0, 1, 2]
+    rankings = _table(store, manifest, 2, "rankings", "rankings")
+    assert sorted(rankings.groupby("prompt_id")["rank"].apply(sorted).iloc[0]) == [0, 1, 2]
+    buffer = _table(store, manifest, 2, "buffer", "buffer")
+    assert set(buffer["source_iteration"]) <= {1, 2} and (buffer["margin"] > 0).all()
+    assert len(buffer) >= len(_table(store, manifest, 1, "buffer", "buffer"))  # memory bank carries pairs over
+
+    lm = load_model(tiny_model_dir)
+    steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=lm)
+    assert steering.learner == "mean_diff" and steering.alpha in (1.0, 4.0)
+    selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "eval")
+    assert selection["chosen"].sum() == 1 and selection.iloc[0]["alpha"] == 0.0  # the unsteered baseline row
+    assert float(selection[selection["chosen"]]["value"].iloc[0]) == selection["value"].iloc[1:].max()
+
+    evaluation = _table(store, manifest, 2, "eval", "eval")
+    comparisons = evaluation[evaluation["kind"] == "comparison"]
+    assert set(comparisons["condition"]) == {"steered", "random_direction", "low_temperature"}  # controls on the last iteration
+    assert len(comparisons[comparisons["condition"] == "steered"]) == 3 * 2
+    assert 0.0 <= result["win_rate"] <= 1.0 and result["ci_low"] <= result["win_rate"] <= result["ci_high"]
+    assert set(result["controls"]) == {"random_direction", "low_temperature"}
+
+    report = store.read_bytes(result["report"]).decode()
+    assert f"{result['win_rate']:.1%}" in report and "![oracle score and win rate per iteration](report.png)" in report
+    assert store.read_bytes(store.report_uri("e2e", "report.png"))[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _artifact_bytes(store: ArtifactStore, run_id: str) -> dict[tuple[int, str], bytes]:
+    manifest = Manifest.load(store, run_id)
+    return {(e.iteration, e.phase): store.read_bytes(manifest.output_uri(e.iteration, e.phase)) for e in manifest.entries}
+
+
+def test_resume_after_a_failure_skips_finished_phases_and_matches_an_uninterrupted_run(prefect_harness, tiny_config, tmp_path, monkeypatch):
+    reference_config = {**tiny_config, "store": str(tmp_path / "uninterrupted")}
+    self_improve(run_id="ref", config=reference_config)
+
+    import tasks.fit
+
+    real_fit = tasks.fit.fit_steering
+
+    def failing_fit(*args, **kwargs):
+        if kwargs.get("metadata", {}).get("iteration") == 2:
+            raise RuntimeError("injected failure in iteration 2")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.fit, "fit_steering", failing_fit)
+    with pytest.raises(RuntimeError, match="injected failure in iteration 2"):
+        self_improve(run_id="resumed", config=tiny_config)
+    store = ArtifactStore.open(tiny_config["store"])
+    failed = Manifest.load(store, "resumed").entry(2, "steering")
+    assert failed.status == "failed" and "injected failure" in failed.error
+
+    monkeypatch.setattr(tasks.fit, "fit_steering", real_fit)
+    before = {key: count for key, count in EXECUTIONS.items() if key[0] == "resumed"}
+    self_improve(run_id="resumed", config=tiny_config)
+    ran_again = {key[1:]: count - before.get(key, 0) for key, count in EXECUTIONS.items() if key[0] == "resumed"}
+    assert {key for key, count in ran_again.items() if count} == {(2, "steering"), (2, "eval")}
+
+    # The resumed run ends with exactly the artifacts of the uninterrupted one.
+    ours = _artifact_bytes(store, "resumed")
+    theirs = _artifact_bytes(ArtifactStore.open(reference_config["store"]), "ref")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        if key[1] in ("steering",):
+            a = SteeringSet.from_bytes(ours[key])
+            b = SteeringSet.from_bytes(theirs[key])
+            assert a.layers == b.layers and a.alpha == b.alpha
+            for layer in a.layers:
+                assert torch.equal(a[layer].state()["vector"], b[layer].state()["vector"])
+        elif key[1] != "eval":
+            assert ours[key] == theirs[key], key
+
+
+def test_more_iterations_continue_a_finished_run(prefect_harness, tiny_config):
+    self_improve(run_id="grow", config={**tiny_config, "iterations": 1})
+    before = {key for key in EXECUTIONS if key[0] == "grow"}
+    self_improve(run_id="grow", config={**tiny_config, "iterations": 2})
+    new = {key[1:] for key in EXECUTIONS if key[0] == "grow"} - {key[1:] for key in before}
+    assert new == {(2, phase) for phase in PHASES}
+    manifest = Manifest.load(ArtifactStore.open(tiny_config["store"]), "grow")
+    assert manifest.iterations() == [0, 1, 2]
+
+
+def test_changed_config_recomputes_only_what_depends_on_it(prefect_harness, tiny_config, caplog):
+    self_improve(run_id="cfg", config={**tiny_config, "iterations": 1})
+    before = dict(EXECUTIONS)
+    self_improve(run_id="cfg", config={**tiny_config, "iterations": 1, "judge": "embedding"})
+    ran = {key[1:] for key, count in EXECUTIONS.items() if key[0] == "cfg" and count > before.get(key, 0)}
+    assert ran == {(1, "eval")}
+
+
+def test_flow_on_an_s3_store(prefect_harness, tiny_config, s3_bucket):
+    config = {**tiny_config, "store": f"s3://{s3_bucket}/sims", "iterations": 1}
+    result = self_improve(run_id="s3run", config=config)
+    assert result["steering"].startswith(f"s3://{s3_bucket}/sims/s3run/iter=1/")
+    store = ArtifactStore.open(config["store"])
+    manifest = Manifest.load(store, "s3run")
+    assert [e.status for e in manifest.entries] == ["completed"] * 8
+    assert len(store.read_frame(manifest.output_uri(1, "generations"), "generations")) == 12
+    assert "Held-out win rate" in store.read_bytes(result["report"]).decode()
+    assert store.list_runs() == ["s3run"]
