@@ -37,8 +37,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sims_core.oracles import OracleError
     from sims_core.steering.steering_set import IncompatibleSteeringError, SteeringFileError
     from storage import ArtifactSchemaError, RunLockedError, UnsupportedStoreError
+    from storage.prompts import PromptSourceError
 
-    return (UsageError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
+    return (UsageError, PromptSourceError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
             UnsupportedStoreError, ArtifactSchemaError, SteeringFileError, IncompatibleSteeringError, FileNotFoundError)
 
 
@@ -75,8 +76,11 @@ def _print_result(result: dict[str, Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.self_improve import new_run_id, self_improve
 
+    from flows.preflight import preflight
+
     cfg = _config_from_args(args)
     run_id = args.run_id or new_run_id()
+    preflight(cfg, run_id)
     print(f"sims run {run_id}: store {cfg.store}, model {cfg.model}, {cfg.iterations} iteration(s)", flush=True)
     result = self_improve(run_id=run_id, config=cfg.to_dict())
     _print_result(result)
@@ -97,6 +101,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     base["store"] = args.store or base.get("store", DEFAULT_STORE)
     args.store = None
     cfg = _config_from_args(args, base=base)
+    from flows.preflight import preflight
+
+    preflight(cfg, args.run_id)
     print(f"sims resume {args.run_id}: {cfg.iterations} iteration(s), finished phases are skipped", flush=True)
     result = self_improve(run_id=args.run_id, config=cfg.to_dict())
     _print_result(result)

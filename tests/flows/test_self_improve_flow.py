@@ -129,3 +129,18 @@ def test_flow_on_an_s3_store(prefect_harness, tiny_config, s3_bucket):
     assert len(store.read_frame(manifest.output_uri(1, "generations"), "generations")) == 12
     assert "Held-out win rate" in store.read_bytes(result["report"]).decode()
     assert store.list_runs() == ["s3run"]
+
+
+@pytest.mark.parametrize("learner", ["hpr", "linear_shift"])
+def test_token_level_learners_run_through_the_flow(prefect_harness, tiny_config, tiny_model_dir, learner):
+    config = {**tiny_config, "iterations": 1, "learner": learner, "alphas": None, "controls": True}
+    result = self_improve(run_id=f"learner-{learner}", config=config)
+    store = ArtifactStore.open(config["store"])
+    manifest = Manifest.load(store, f"learner-{learner}")
+    with store.activation_reader(manifest.output_uri(1, "activations")) as reader:
+        batch = reader.load_layer(reader.layers[0])
+    assert all(":" in pid for pid in batch.pair_ids) and set(batch.token_counts.tolist()) == {1}  # token-aligned rows
+    steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=load_model(tiny_model_dir))
+    assert steering.learner == learner and steering.alpha in (0.5, 1.0)
+    summary = store.read_frame(manifest.output_uri(1, "eval"), "eval")
+    assert {"steered", "random_direction", "low_temperature"} <= set(summary["condition"].dropna())

@@ -1,0 +1,94 @@
+"""The `sims` command line: status, eval, export, and one-line errors for user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from flows.cli import main
+from flows.self_improve import self_improve
+from sims_core.steering import SteeringSet
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_harness, tiny_model_dir, tmp_path_factory):
+    store = str(tmp_path_factory.mktemp("cli") / "runs")
+    config = {"model": tiny_model_dir, "store": store, "iterations": 1, "num_prompts": 4, "num_samples": 2,
+              "max_new_tokens": 6, "max_eval_prompts": 3, "max_val_prompts": 2, "eval_samples": 1, "alphas": [2.0],
+              "controls": False}
+    result = self_improve(run_id="cli-run", config=config)
+    return store, result
+
+
+def test_status_json_lists_every_phase(finished_run, capsys):
+    store, _ = finished_run
+    assert main(["status", "cli-run", "--store", store, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["run_id"] == "cli-run"
+    assert [(p["iteration"], p["phase"], p["status"]) for p in data["phases"]][:3] == [
+        (0, "prompts", "completed"), (1, "prompts", "completed"), (1, "generations", "completed")]
+    assert len(data["phases"]) == 8
+
+
+def test_status_table_and_runs(finished_run, capsys):
+    store, _ = finished_run
+    assert main(["status", "cli-run", "--store", store]) == 0
+    out = capsys.readouterr().out
+    assert "generations completed" in " ".join(out.split())
+    assert main(["runs", "--store", store]) == 0
+    assert capsys.readouterr().out.split() == ["cli-run"]
+
+
+def test_eval_summary(finished_run, capsys):
+    store, result = finished_run
+    assert main(["eval", "cli-run", "--store", store, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    steered = [row for row in data["summary"] if row["condition"] == "steered"][0]
+    assert steered["win_rate"] == pytest.approx(result["win_rate"])
+
+
+def test_export_steering_dpo_and_gguf(finished_run, tmp_path, capsys):
+    store, _ = finished_run
+    assert main(["export", "cli-run", "steering", "--out", str(tmp_path / "s"), "--store", store]) == 0
+    steering = SteeringSet.load(tmp_path / "s")
+    assert steering.learner == "mean_diff" and steering.alpha == 2.0
+    assert main(["export", "cli-run", "dpo", "--out", str(tmp_path / "pairs.jsonl"), "--store", store]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert rows and set(rows[0]) == {"prompt", "chosen", "rejected"}
+    assert main(["export", "cli-run", "dpo", "--out", str(tmp_path / "pairs.parquet"), "--store", store]) == 0
+    assert len(pd.read_parquet(tmp_path / "pairs.parquet")) == len(rows)
+    assert main(["export", "cli-run", "gguf", "--out", str(tmp_path / "cv.gguf"), "--store", store]) == 0
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(tmp_path / "cv.gguf"))
+    assert [t.name for t in reader.tensors] == [f"direction.{layer + 1}" for layer in steering.layers]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["status", "no-such-run"], "run 'no-such-run' has no manifest"),
+        (["run", "--set", "learner=magic"], "learner must be one of ['hpr', 'mean_diff', 'linear_shift'], got 'magic'"),
+        (["run", "--set", "colour=blue"], "unknown config field(s) ['colour']"),
+        (["run", "--set", "nonsense"], "override 'nonsense' must look like key=value"),
+        (["run", "--config", "/no/such/file.yaml"], "config file '/no/such/file.yaml' does not exist"),
+        (["run", "--store", "ftp://host/x"], "ftp://host/x"),
+        (["run", "--set", "model=/no/such/model"], "model path '/no/such/model' does not exist"),
+        (["run", "--set", "model=/no/such.gguf"], "GGUF file '/no/such.gguf' does not exist"),
+        (["run", "--set", "oracle=oracle_of_delphi"], "oracle must be one of"),
+        (["run", "--set", "prompts=/no/prompts.csv"], "/no/prompts.csv"),
+        (["run", "--run-id", "bad id!"], "run_id 'bad id!' is not valid"),
+        (["eval", "cli-run", "--iteration", "7"], "has no completed eval at iteration 7"),
+        (["export", "cli-run", "dpo", "--out", "pairs.txt"], "--out for dpo must end in .parquet or .jsonl"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(finished_run, capsys, argv, message):
+    store, _ = finished_run
+    if argv[0] != "run":
+        argv = [*argv, "--store", store]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
