@@ -212,10 +212,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    start = time.perf_counter()
     bench_fit(pairs=2000 if args.quick else 10_000, repeats=1 if args.quick else 2)
+    print(f"  [fit benchmark took {time.perf_counter() - start:.0f}s]")
+    start = time.perf_counter()
     lm = load_model("embedded")
-    print(f"model: {lm.name}, {lm.num_layers} layers, hidden {lm.hidden_size}")
+    print(f"model: {lm.name}, {lm.num_layers} layers, hidden {lm.hidden_size} (loaded in {time.perf_counter() - start:.0f}s)")
+    start = time.perf_counter()
     bench_steered_generation(lm, repeats=2 if args.quick else 3, tokens=16 if args.quick else 32)
+    print(f"  [generation benchmark took {time.perf_counter() - start:.0f}s]")
 
 
 if __name__ == "__main__":
