@@ -63,7 +63,7 @@ def test_export_steering_dpo_and_gguf(finished_run, tmp_path, capsys):
     from gguf import GGUFReader
 
     reader = GGUFReader(str(tmp_path / "cv.gguf"))
-    assert [t.name for t in reader.tensors] == [f"direction.{layer + 1}" for layer in steering.layers]
+    assert [t.name for t in reader.tensors] == [f"direction.{layer}" for layer in steering.layers]
 
 
 @pytest.mark.parametrize(
