@@ -22,7 +22,7 @@ LEARNERS = ("hpr", "mean_diff", "linear_shift")
 PAIR_STRATEGIES = ("best_worst", "top_bottom")
 POSITION_CHOICES = ("all", "prompt", "generated", "last")
 DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
-    "mean_diff": (2.0, 4.0, 8.0),
+    "mean_diff": (1.0, 2.0, 4.0, 8.0),
     "hpr": (0.5, 1.0),
     "linear_shift": (0.5, 1.0),
 }
@@ -71,6 +71,7 @@ class SimsConfig:
     layers: tuple[int, ...] | None = None
     top_k: int = 1
     alphas: tuple[float, ...] | None = None
+    max_nll_increase: float = 0.5
     positions: str | None = None
     warm_start: bool = True
     # evaluation
@@ -194,6 +195,8 @@ class SimsConfig:
             raise ConfigError(f"alphas must be null (the learner's default grid) or a non-empty list of positive numbers, got {self.alphas!r}")
         if self.layers is not None and (not self.layers or any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in self.layers)):
             raise ConfigError(f"layers must be null (automatic) or a non-empty list of layer indices >= 0, got {self.layers!r}")
+        if not isinstance(self.max_nll_increase, (int, float)) or isinstance(self.max_nll_increase, bool) or self.max_nll_increase < 0:
+            raise ConfigError(f"max_nll_increase must be a number >= 0 (nats per token), got {self.max_nll_increase!r}")
         if not isinstance(self.min_margin, (int, float)) or self.min_margin < 0:
             raise ConfigError(f"min_margin must be a number >= 0, got {self.min_margin!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

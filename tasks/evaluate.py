@@ -44,6 +44,7 @@ def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_c
             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             seed=derive_seed(cfg.seed, 0, "eval"), batch_size=cfg.batch_size,
             controls=CONTROLS if with_controls else (), control_temperature=cfg.control_temperature,
+            sanity=with_controls,  # the judge's sanity figures only depend on the base model's answers
         )
         log = phase_logger()
         for note in result.notes:

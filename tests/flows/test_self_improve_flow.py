@@ -38,10 +38,16 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
 
     lm = load_model(tiny_model_dir)
     steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=lm)
-    assert steering.learner == "mean_diff" and steering.alpha in (1.0, 4.0)
+    assert steering.learner == "mean_diff" and steering.alpha in (0.0, 1.0, 4.0)
     selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "eval")
     assert selection["chosen"].sum() == 1 and selection.iloc[0]["alpha"] == 0.0  # the unsteered baseline row
-    assert float(selection[selection["chosen"]]["value"].iloc[0]) == selection["value"].iloc[1:].max()
+    assert list(selection["alpha"].iloc[1:]) == [1.0, 4.0] and selection["nll"].notna().all()
+    fluent = selection.iloc[1:][selection["fluent"].iloc[1:]]
+    chosen = selection[selection["chosen"]].iloc[0]
+    if len(fluent):  # the best-scoring fluent strength wins; with none fluent, steering is off
+        assert chosen["value"] == fluent["value"].max() and chosen["alpha"] == steering.alpha
+    else:
+        assert chosen["alpha"] == 0.0 == steering.alpha
 
     evaluation = _table(store, manifest, 2, "eval", "eval")
     comparisons = evaluation[evaluation["kind"] == "comparison"]
@@ -141,6 +147,6 @@ def test_token_level_learners_run_through_the_flow(prefect_harness, tiny_config,
         batch = reader.load_layer(reader.layers[0])
     assert all(":" in pid for pid in batch.pair_ids) and set(batch.token_counts.tolist()) == {1}  # token-aligned rows
     steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=load_model(tiny_model_dir))
-    assert steering.learner == learner and steering.alpha in (0.5, 1.0)
+    assert steering.learner == learner and steering.alpha in (0.0, 0.5, 1.0)
     summary = store.read_frame(manifest.output_uri(1, "eval"), "eval")
     assert {"steered", "random_direction", "low_temperature"} <= set(summary["condition"].dropna())
