@@ -7,6 +7,7 @@
     sims eval RUN_ID [--iteration T] [--json] [--store URL]
     sims export RUN_ID {steering,dpo,gguf} --out PATH [--iteration T] [--store URL]
 
+The store is ``--store``, else the config file's ``store``, else ``$SIMS_STORE``, else ``./runs``.
 ``sims run`` with no arguments runs the built-in demo: the embedded SmolLM2-135M-Instruct, the
 built-in prompt set, the embedding oracle and the PMI judge, on Prefect's ephemeral local server
 (nothing to start, no credentials).
@@ -46,11 +47,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
     from sims_core.config import SimsConfig
 
-    cfg = SimsConfig.from_dict(base) if base is not None else SimsConfig()
+    cfg = SimsConfig.from_dict(base) if base is not None else SimsConfig(store=DEFAULT_STORE)
     if getattr(args, "config", None):
         if not os.path.isfile(args.config):
             raise UsageError(f"config file {args.config!r} does not exist")
         cfg = SimsConfig.from_yaml(args.config)
+        if cfg.store == SimsConfig().store:  # the file did not choose a store: SIMS_STORE may
+            cfg = cfg.replace(store=DEFAULT_STORE)
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "store", None):
         overrides.append(f"store={args.store}")

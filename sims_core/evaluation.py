@@ -268,7 +268,7 @@ def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: str 
 
     if spec is None:
         return contextlib.nullcontext()
-    chosen = alpha if alpha is not None else float(getattr(spec, "alpha", 1.0))
+    chosen = 1.0 if alpha is None else alpha  # a SteeringSet already applies its own alpha
     return steer(lm, spec, alpha=chosen, positions=positions)
 
 
@@ -302,7 +302,8 @@ def evaluate(
             None evaluates the unsteered model (a sanity baseline: about 0.5).
         judge: the oracle that decides each comparison (may differ from the training oracle).
         reference: the reference's steering (None: the base model; or the previous iteration's).
-        alpha / reference_alpha: strengths (None: the object's ``alpha`` attribute, else 1).
+        alpha / reference_alpha: strengths passed to `steer` (None: 1, i.e. a SteeringSet at its
+            own ``alpha``; vectors as given).
         num_samples: answers per prompt for each side; sample s of both sides uses the same seed.
         controls: any of ``"random_direction"`` (same-norm random vectors at the same layers) and
             ``"low_temperature"`` (unsteered at ``control_temperature``, default half of
@@ -329,7 +330,7 @@ def evaluate(
     with _steering(lm, steering, alpha, positions):
         conditions["steered"] = generate(lm, prompts, temperature=temperature, **gen)
     if "random_direction" in controls:
-        strength = alpha if alpha is not None else float(getattr(steering, "alpha", 1.0))
+        strength = 1.0 if alpha is None else alpha
         random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
         if random_spec is None:
             notes.append("random_direction control skipped: the steering's size could not be measured")

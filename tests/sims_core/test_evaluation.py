@@ -176,3 +176,27 @@ def test_steering_object_without_vectors_gets_a_random_control_of_its_measured_s
 def test_unknown_control_is_an_error(tiny_lm):
     with pytest.raises(ValueError, match="unknown controls"):
         evaluate(tiny_lm, PROMPTS, None, judge=get_oracle("callable", function=lambda p, a: 0.0), controls=("shuffle",))
+
+
+def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkeypatch):
+    import dataclasses
+
+    import sims_core.steering.hooks as hooks
+    from sims_core.steering import fit_steering
+
+    g = torch.Generator().manual_seed(1)
+    fitted = fit_steering("mean_diff", {1: torch.randn(20, 64, generator=g) + 2}, {1: torch.randn(20, 64, generator=g)},
+                          top_k=1, seed=0, model=tiny_lm, progress=False)
+    steering = dataclasses.replace(fitted, alpha=3.0)
+    strengths = []
+    real_steer = hooks.steer
+
+    def recording_steer(lm, spec, *, alpha=1.0, positions=None):
+        if spec is steering:
+            strengths.append(alpha * spec.alpha)
+        return real_steer(lm, spec, alpha=alpha, positions=positions)
+
+    monkeypatch.setattr(hooks, "steer", recording_steer)
+    judge = get_oracle("callable", function=lambda p, a: float(len(a)))
+    evaluate(tiny_lm, PROMPTS[:2], steering, judge=judge, controls=("random_direction",), sanity=False, **SETTINGS)
+    assert strengths and set(strengths) == {3.0}
