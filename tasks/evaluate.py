@@ -23,7 +23,7 @@ _METRICS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "mean_score", "refer
 def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:
     """The eval artifact's summary rows as a wide table: one row per condition."""
     part = frame[frame["kind"] == "summary"]
-    return part.pivot_table(index="condition", columns="metric", values="value", sort=False).reset_index()
+    return part.pivot_table(index="condition", columns="metric", values="value", sort=False, dropna=False).reset_index()
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -41,12 +41,8 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
             prefix = "" if condition == "steered" else f"{condition}_"
             row[f"{prefix}win_rate"] = float(summary.loc[condition, "win_rate"])
             if condition == "steered":
-                row["ci_low"] = float(summary.loc[condition, "ci_low"])
-                row["ci_high"] = float(summary.loc[condition, "ci_high"])
-                row["lc_win_rate"] = float(summary.loc[condition, "lc_win_rate"])
-                row["mean_length"] = float(summary.loc[condition, "mean_length"])
-                row["reference_mean_length"] = float(summary.loc[condition, "reference_mean_length"])
-                row["judge_matched_rate"] = float(summary.loc[condition, "judge_matched_rate"])
+                for metric in ("ci_low", "ci_high", "lc_win_rate", "mean_length", "reference_mean_length", "judge_matched_rate"):
+                    row[metric] = float(summary.loc[condition].get(metric, float("nan")))
         rows.append(row)
     return pd.DataFrame(rows)
 
