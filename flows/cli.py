@@ -26,6 +26,8 @@ from typing import Any
 __all__ = ["main"]
 
 DEFAULT_STORE = os.environ.get("SIMS_STORE", "./runs")
+# sims runs offline by design: the ephemeral server's telemetry would only log a failed lookup.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 class UsageError(Exception):
