@@ -173,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from sims_core.pairs import to_dpo_dataframe
     from sims_core.steering.steering_set import SteeringSet
-    from tasks.buffer import _pairs_from_frame
+    from tasks.buffer import pairs_from_frame
 
     manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
     store = manifest.store
@@ -191,7 +191,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})")
         return 0
     t = _latest(manifest, "buffer", args.iteration)
-    pairs = _pairs_from_frame(store.read_frame(manifest.output_uri(t, "buffer"), "buffer"))
+    pairs = pairs_from_frame(store.read_frame(manifest.output_uri(t, "buffer"), "buffer"))
     frame = to_dpo_dataframe(pairs)
     out = args.out
     if out.endswith(".jsonl"):

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from sims_core.pairs import PreferenceBuffer, PreferencePair, pairs_from_scores
 from tasks.phase import PhaseContext, phase_logger, run_phase
 
-__all__ = ["build_buffer", "pair_id"]
+__all__ = ["build_buffer", "pair_id", "pairs_from_frame"]
 
 BUFFER_FIELDS = ("pair_strategy", "pairs_per_prompt", "min_margin", "memory", "buffer_budget")
 
@@ -20,7 +20,7 @@ def pair_id(prompt: str, chosen: str, rejected: str) -> str:
     return hashlib.sha256(f"{prompt}\x1f{chosen}\x1f{rejected}".encode()).hexdigest()[:16]
 
 
-def _pairs_from_frame(frame: pd.DataFrame) -> list[PreferencePair]:
+def pairs_from_frame(frame: pd.DataFrame) -> list[PreferencePair]:
     return [
         PreferencePair(prompt=r.prompt, chosen=r.chosen, rejected=r.rejected, margin=float(r.margin),
                        iteration=int(r.source_iteration), source=r.source,
@@ -57,7 +57,7 @@ def build_buffer(ctx: PhaseContext, generations_uri: str, rankings_uri: str, pre
             skipped["empty_answer"] = len(pairset.pairs) - len(usable)
         bank = PreferenceBuffer(budget=cfg.buffer_budget, min_margin=cfg.min_margin)
         if cfg.memory and previous_buffer_uri:
-            bank.pairs = _pairs_from_frame(store.read_frame(previous_buffer_uri, "buffer"))
+            bank.pairs = pairs_from_frame(store.read_frame(previous_buffer_uri, "buffer"))
         report = bank.update(usable, ctx.iteration)
         log.info(
             "iteration %d buffer: %d new pairs from %d prompts (%d empty answers; skipped %s); bank keeps %d "

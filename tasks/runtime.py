@@ -14,8 +14,7 @@ from typing import Any
 
 from sims_core import LanguageModel, load_model, steer
 from sims_core.config import SimsConfig
-from sims_core.oracles import Oracle, get_oracle
-from sims_core.oracles.base import _REGISTRY as _ORACLES
+from sims_core.oracles import Oracle, get_oracle, known_oracles, oracle_factory
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
@@ -45,9 +44,8 @@ def make_oracle(name: str, options: dict[str, Any], lm: LanguageModel) -> Oracle
         if key in _ORACLE_CACHE:
             return _ORACLE_CACHE[key]
     kwargs = dict(options)
-    factory = _ORACLES.get(name)
-    if factory is not None:
-        params = inspect.signature(factory).parameters
+    if name in known_oracles():
+        params = inspect.signature(oracle_factory(name)).parameters
         if "lm" in params and "lm" not in kwargs and "model" not in kwargs:
             kwargs["lm"] = lm
     oracle = get_oracle(name, **kwargs)

@@ -19,6 +19,7 @@ __all__ = [
     "PairwiseJudge",
     "check_scores",
     "get_oracle",
+    "oracle_factory",
     "known_oracles",
     "register_oracle",
     "validate_candidates",
@@ -126,6 +127,13 @@ def register_oracle(name: str, factory: Callable[..., Oracle]) -> None:
 
 def known_oracles() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def oracle_factory(name: str) -> Callable[..., Oracle]:
+    """The class or factory registered under ``name`` (to inspect its options)."""
+    if name not in _REGISTRY:
+        raise OracleError(f"unknown oracle {name!r}; known oracles: {', '.join(known_oracles())}")
+    return _REGISTRY[name]
 
 
 def get_oracle(name: str, **options: Any) -> Oracle:

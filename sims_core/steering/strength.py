@@ -41,12 +41,14 @@ class StrengthSelection:
 
 
 def strength_candidates(steering: SteeringSet, alphas: Sequence[float]) -> list[tuple[tuple[int, ...], float]]:
-    """(layers, alpha) pairs to try. Mean difference also tries its two best layers alone, since
-    one well-placed vector often beats several."""
+    """(layers, alpha) pairs to try. Mean difference also tries each of its (at most three best)
+    layers alone: one well-placed vector often beats several, and with a few dozen pairs the
+    held-out probe scores that ranked the layers are noisy, while the oracle on the validation
+    prompts measures what matters."""
     layer_sets = [tuple(steering.layers)]
     if steering.learner == "mean_diff" and len(steering.layers) > 1:
         ranked = sorted(steering.layers, key=lambda layer: -steering.layer_scores.get(layer, 0.0))
-        layer_sets += [(layer,) for layer in ranked[:2]]
+        layer_sets += [(layer,) for layer in ranked[:3]]
     return [(layers, float(alpha)) for layers in layer_sets for alpha in alphas]
 
 

@@ -69,3 +69,11 @@ def test_oracle_protocol_is_structural():
 
     assert isinstance(Mine(), Oracle)
     assert isinstance(get_oracle("callable", function=lambda p, a: 1.0), Oracle)
+
+
+def test_oracle_factory_returns_the_registered_class_or_names_the_known_ones():
+    from sims_core.oracles import EmbeddingOracle, OracleError, PMIOracle, oracle_factory
+
+    assert oracle_factory("pmi") is PMIOracle and oracle_factory("embedding") is EmbeddingOracle
+    with pytest.raises(OracleError, match="unknown oracle 'nope'; known oracles: .*embedding"):
+        oracle_factory("nope")
