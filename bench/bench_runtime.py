@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,27 +24,9 @@ os.environ.setdefault("SIMS_PROGRESS", "0")
 
 import torch  # noqa: E402
 
+from _shared import PROMPTS, no_stop  # noqa: E402
 from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of France?", "Give me one tip for better sleep.", "Write a haiku about rain.",
-    "Explain photosynthesis to a child.", "How do I boil an egg?", "Name three primary colors.",
-    "Why is the sky blue?", "Suggest a name for a pet turtle.", "What does a compiler do?",
-    "How many legs does a spider have?", "Describe a sunset in one sentence.", "What is 12 times 12?",
-    "Give a synonym for happy.", "What is the boiling point of water?", "Recommend a book for a long trip.",
-    "How can I save money on groceries?",
-]
-
-
-@contextmanager
-def no_stop(lm):
-    """Mask end-of-turn tokens so every answer has exactly max_new_tokens tokens."""
-    stop = torch.tensor(lm.stop_token_ids)
-    hook = lm.model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, stop, float("-inf")))
-    try:
-        yield
-    finally:
-        hook.remove()
 
 
 def best_of(fn, repeats):

@@ -21,7 +21,6 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,19 +28,12 @@ os.environ.setdefault("SIMS_PROGRESS", "0")
 
 import torch  # noqa: E402
 
+from _shared import PROMPTS, no_stop  # noqa: E402
 from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 from sims_core.steering import align_pairs, fit_steering  # noqa: E402
 from sims_core.steering.hpr import HPR, _HPRNet, angle_between, hpr_loss, pseudo_rotate  # noqa: E402
 from sims_core.steering.training import train_pairs  # noqa: E402
 
-PROMPTS = [
-    "What is the capital of France?", "Give me one tip for better sleep.", "Write a haiku about rain.",
-    "Explain photosynthesis to a child.", "How do I boil an egg?", "Name three primary colors.",
-    "Why is the sky blue?", "Suggest a name for a pet turtle.", "What does a compiler do?",
-    "How many legs does a spider have?", "Describe a sunset in one sentence.", "What is 12 times 12?",
-    "Give a synonym for happy.", "What is the boiling point of water?", "Recommend a book for a long trip.",
-    "How can I save money on groceries?",
-]
 GOOD = [
     "The capital of France is Paris, a city known for its art and history.",
     "Keep a regular schedule: go to bed and wake up at the same time every day.",
@@ -62,17 +54,6 @@ BAD = [
     "It just is blue. Stop asking silly questions.",
     "Name it Turtle. That is obviously good enough.",
 ]
-
-
-@contextmanager
-def no_stop(lm):
-    """Mask end-of-turn tokens so every answer has exactly max_new_tokens tokens."""
-    stop = torch.tensor(lm.stop_token_ids)
-    hook = lm.model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, stop, float("-inf")))
-    try:
-        yield
-    finally:
-        hook.remove()
 
 
 def timed(fn) -> float:
