@@ -75,11 +75,8 @@ def self_improve(
 ) -> dict[str, Any]:
     """Run (or resume) a SIMS run. Parameters left as None take their value from ``config``, then
     from the defaults of `SimsConfig` (see README, "Configuration")."""
-    cfg = build_config(
-        config, model=model, prompts=prompts, oracle=oracle, judge=judge, learner=learner, layers=layers,
-        num_prompts=num_prompts, num_samples=num_samples, iterations=iterations, max_new_tokens=max_new_tokens,
-        temperature=temperature, store=store, seed=seed,
-    )
+    explicit = {name: value for name, value in locals().items() if name not in ("run_id", "config")}
+    cfg = build_config(config, **explicit)
     run_id = validate_run_id(run_id or new_run_id())
     log = phase_logger()
     artifact_store = ArtifactStore.open(cfg.store)

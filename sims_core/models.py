@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sims_core.packaged import packaged_path
+
 __all__ = [
     "EMBEDDED_MODEL",
     "LanguageModel",
@@ -181,14 +183,12 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 def embedded_gguf_path() -> Path:
     """Path of the embedded SmolLM2 GGUF file, found through the installed wheel's metadata
     (the package itself is never imported: its own dependencies are not needed)."""
-    try:
-        dist = importlib.metadata.distribution(_EMBEDDED_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
+    path = packaged_path(_EMBEDDED_PACKAGE, _EMBEDDED_FILE)
+    if path is None:
         raise ModelLoadError(
             f"the embedded model needs the package {_EMBEDDED_PACKAGE!r}, which is not installed; "
             f"install it with: {_EMBEDDED_INSTALL}"
-        ) from None
-    path = Path(str(dist.locate_file(_EMBEDDED_FILE)))
+        )
     if not path.is_file():
         raise ModelLoadError(
             f"{_EMBEDDED_PACKAGE} is installed but {path} is missing; reinstall it with: "

