@@ -5,6 +5,10 @@
         -> activations (base model) -> steering (fit + alpha selection) -> eval (judge vs base)
     -> report
 
+Generation, ranking and activation extraction run as ``shards`` parallel task runs on the engine
+the config names (threads, a Dask or Ray cluster, or a GPU deployment; see `tasks.engine`): the
+iterations run in a subflow whose task runner is that engine's.
+
 Every phase persists its artifacts under ``{store}/{run_id}/iter=<t>/`` and is skipped when they
 are fresh, so running the flow again on the same run id resumes where it stopped, and asking a
 finished run for more iterations continues from its last one.
@@ -26,12 +30,10 @@ from sims_core.config import SimsConfig
 from storage import ArtifactStore, Manifest, validate_run_id
 from tasks.buffer import build_buffer
 from tasks.evaluate import evaluate_policy
-from tasks.extract import extract_activations
 from tasks.fit import fit_steering_set
-from tasks.generate import generate_answers
+from tasks.engine import check_engine, run_units, task_runner_for
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import sample_iteration_prompts, split_prompt_set
-from tasks.rank import rank_answers
 from tasks.report import write_report
 
 __all__ = ["new_run_id", "self_improve", "build_config"]
@@ -71,6 +73,8 @@ def self_improve(
     temperature: float | None = None,
     store: str | None = None,
     seed: int | None = None,
+    shards: int | None = None,
+    engine: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a SIMS run. Parameters left as None take their value from ``config``, then
@@ -78,46 +82,23 @@ def self_improve(
     explicit = {name: value for name, value in locals().items() if name not in ("run_id", "config")}
     cfg = build_config(config, **explicit)
     run_id = validate_run_id(run_id or new_run_id())
+    check_engine(cfg)
     log = phase_logger()
     artifact_store = ArtifactStore.open(cfg.store)
     holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
     with artifact_store.lock(run_id, holder=holder):
         Manifest.load_or_create(artifact_store, run_id, config=cfg.to_dict(), sims_version=sims_core.__version__)
-        log.info("run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s", run_id,
-                 artifact_store.url, cfg.iterations, cfg.model, cfg.learner, cfg.oracle, cfg.judge)
-        config_dict = cfg.to_dict()
-
-        def context(t: int) -> PhaseContext:
-            return PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=t, config=config_dict)
-
-        progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(run_id, "progress"),
-                                               description=f"SIMS run {run_id}: iterations done")
-        split_uri = split_prompt_set(context(0))
-        previous_buffer: str | None = None
-        previous_steering: str | None = None
-        for t in range(1, cfg.iterations + 1):
-            ctx = context(t)
-            prompts_uri = sample_iteration_prompts(ctx, split_uri)
-            generations_uri = generate_answers(ctx, prompts_uri, previous_steering)
-            rankings_uri = rank_answers(ctx, generations_uri)
-            buffer_uri = build_buffer(ctx, generations_uri, rankings_uri, previous_buffer)
-            activations_uri = extract_activations(ctx, buffer_uri)
-            fitted = fit_steering_set(ctx, activations_uri, split_uri, previous_steering)
-            evaluate_policy(ctx, fitted["steering"], split_uri, cfg.controls and t == cfg.iterations)
-            previous_buffer, previous_steering = buffer_uri, fitted["steering"]
-            report = write_report(ctx, t)
-            if report["table"]:
-                create_table_artifact(table=report["table"], key=_artifact_key(run_id, "iterations"),
-                                      description=f"SIMS run {run_id}: one row per iteration")
-            update_progress_artifact(progress_id, progress=100.0 * t / cfg.iterations)
-        create_markdown_artifact(markdown=report["markdown"], key=_artifact_key(run_id, "report"),
-                                 description=f"SIMS run {run_id} report")
+        log.info("run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
+                 run_id, artifact_store.url, cfg.iterations, cfg.model, cfg.learner, cfg.oracle, cfg.judge, cfg.shards,
+                 cfg.engine)
+        runner = run_iterations.with_options(task_runner=task_runner_for(cfg))
+        report, steering = runner(artifact_store.url, run_id, cfg.to_dict())
     final = report["table"][-1] if report["table"] else {}
     return {
         "run_id": run_id,
         "store": artifact_store.url,
         "report": report["report"],
-        "steering": previous_steering,
+        "steering": steering,
         "win_rate": final.get("win_rate"),
         "ci_low": final.get("ci_low"),
         "ci_high": final.get("ci_high"),
@@ -125,3 +106,45 @@ def self_improve(
         "controls": {k[: -len("_win_rate")]: v for k, v in final.items()
                      if k.endswith("_win_rate") and k not in ("win_rate", "lc_win_rate")},
     }
+
+
+@flow(name="self-improve-iterations", description="The iterations of one SIMS run, on the engine its config names.")
+def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Iterations 1..T of a run whose manifest exists and whose lock the caller holds; returns
+    the report and the last steering artifact's URI."""
+    cfg = SimsConfig.from_dict(config)
+    remote = cfg.engine == "deployment"
+
+    def context(t: int) -> PhaseContext:
+        return PhaseContext(store_url=store_url, run_id=run_id, iteration=t, config=config)
+
+    def sharded(ctx: PhaseContext, unit: str, **arguments: Any) -> list[str]:
+        return run_units(ctx, unit, [{**arguments, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)])
+
+    progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(run_id, "progress"),
+                                           description=f"SIMS run {run_id}: iterations done")
+    split_uri = split_prompt_set(context(0))
+    previous_buffer: str | None = None
+    previous_steering: str | None = None
+    for t in range(1, cfg.iterations + 1):
+        ctx = context(t)
+        prompts_uri = sample_iteration_prompts(ctx, split_uri)
+        generations = sharded(ctx, "generations", prompts_uri=prompts_uri, steering_uri=previous_steering)
+        rankings = run_units(ctx, "rankings", [{"generations_uri": uri, "shard": i, "shards": cfg.shards}
+                                               for i, uri in enumerate(generations)])
+        buffer_uri = build_buffer(ctx, generations, rankings, previous_buffer)
+        activations = sharded(ctx, "activations", buffer_uri=buffer_uri)
+        fit_call = {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering}
+        fitted = run_units(ctx, "steering", [fit_call])[0] if remote else fit_steering_set(ctx, **fit_call)
+        eval_call = {"steering_uri": fitted["steering"], "split_uri": split_uri,
+                     "with_controls": cfg.controls and t == cfg.iterations}
+        run_units(ctx, "eval", [eval_call]) if remote else evaluate_policy(ctx, **eval_call)
+        previous_buffer, previous_steering = buffer_uri, fitted["steering"]
+        report = write_report(ctx, t)
+        if report["table"]:
+            create_table_artifact(table=report["table"], key=_artifact_key(run_id, "iterations"),
+                                  description=f"SIMS run {run_id}: one row per iteration")
+        update_progress_artifact(progress_id, progress=100.0 * t / cfg.iterations)
+    create_markdown_artifact(markdown=report["markdown"], key=_artifact_key(run_id, "report"),
+                             description=f"SIMS run {run_id} report")
+    return report, previous_steering

@@ -16,11 +16,28 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-__all__ = ["ConfigError", "SimsConfig", "LEARNERS", "PAIR_STRATEGIES"]
+__all__ = ["ConfigError", "SimsConfig", "LEARNERS", "PAIR_STRATEGIES", "ENGINES", "ENGINE_OPTIONS"]
 
 LEARNERS = ("hpr", "mean_diff", "linear_shift")
 PAIR_STRATEGIES = ("best_worst", "top_bottom")
 POSITION_CHOICES = ("all", "prompt", "generated", "last")
+ENGINES = ("threads", "dask", "ray", "deployment")
+# engine option -> (allowed engines, kind); kinds: "count" (int >= 1), "count0" (int >= 0), "number0"
+# (number >= 0), "text" (non-empty string), "flag" (bool).
+ENGINE_OPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "max_workers": (("threads", "deployment"), "count"),
+    "address": (("dask", "ray"), "text"),
+    "n_workers": (("dask",), "count"),
+    "threads_per_worker": (("dask",), "count"),
+    "processes": (("dask",), "flag"),
+    "num_cpus": (("ray",), "count"),
+    "num_gpus": (("ray",), "number0"),
+    "deployment": (("deployment",), "text"),
+    "timeout": (("deployment",), "number0"),
+    "retries": (ENGINES, "count0"),
+    "retry_delay_seconds": (ENGINES, "number0"),
+    "torch_threads": (ENGINES, "count"),
+}
 DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
     "mean_diff": (2.0, 4.0),
     "hpr": (0.5, 1.0),
@@ -83,6 +100,10 @@ class SimsConfig:
     # run
     seed: int = 0
     store: str = "./runs"
+    # scale-out: results never depend on these three (they join no phase's key)
+    shards: int = 1
+    engine: str = "threads"
+    engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -162,7 +183,7 @@ class SimsConfig:
 
     # ---------------------------------------------------------------- checks
     def _validate(self) -> None:
-        positive = ("iterations", "num_prompts", "num_samples", "max_new_tokens", "batch_size", "pairs_per_prompt",
+        positive = ("shards", "iterations", "num_prompts", "num_samples", "max_new_tokens", "batch_size", "pairs_per_prompt",
                     "buffer_budget", "top_k", "eval_samples", "max_eval_prompts", "max_val_prompts")
         for name in positive:
             value = getattr(self, name)
@@ -202,9 +223,40 @@ class SimsConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty string, got {value!r}")
-        for name in ("oracle_options", "judge_options", "learner_options"):
+        for name in ("oracle_options", "judge_options", "learner_options", "engine_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a mapping, got {getattr(self, name)!r}")
+        self._validate_engine()
+
+    def _validate_engine(self) -> None:
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        allowed = sorted(name for name, (engines, _) in ENGINE_OPTIONS.items() if self.engine in engines)
+        for name, value in self.engine_options.items():
+            if name not in allowed:
+                raise ConfigError(f"engine_options.{name} is not an option of engine {self.engine!r}; its options: {allowed}")
+            kind = ENGINE_OPTIONS[name][1]
+            is_int = isinstance(value, int) and not isinstance(value, bool)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = {
+                "count": is_int and value >= 1,
+                "count0": is_int and value >= 0,
+                "number0": is_number and value >= 0,
+                "text": isinstance(value, str) and bool(value.strip()),
+                "flag": isinstance(value, bool),
+            }[kind]
+            if not ok:
+                expected = {"count": "a positive integer", "count0": "an integer >= 0", "number0": "a number >= 0",
+                            "text": "a non-empty string", "flag": "true or false"}[kind]
+                raise ConfigError(f"engine_options.{name} must be {expected}, got {value!r}")
+        if self.engine == "dask" and "address" in self.engine_options:
+            local_only = sorted({"n_workers", "threads_per_worker", "processes"} & set(self.engine_options))
+            if local_only:
+                raise ConfigError(f"engine_options {local_only} size a local Dask cluster and cannot be combined with "
+                                  f"address={self.engine_options['address']!r} (an existing scheduler)")
+        if self.engine == "deployment" and "/" not in self.engine_options.get("deployment", "sims-shard/gpu"):
+            raise ConfigError(f"engine_options.deployment must name a deployment as 'flow-name/deployment-name', "
+                              f"got {self.engine_options['deployment']!r}")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -771,3 +771,68 @@ class ActivationReader:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def read_frames(store: Any, uris: Sequence[str], schema_name: str, *, sort_by: Sequence[str] | None = None) -> Any:
+    """The rows of several artifacts of one schema (the shards of a phase) as one DataFrame,
+    sorted by ``sort_by`` when given so that the result does not depend on how rows were sharded."""
+    if not uris:
+        raise ValueError(f"no {schema_name} artifacts to read")
+    import pandas as pd
+
+    frames = [read_frame(store, uri, schema_name) for uri in uris]
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if sort_by:
+        frame = frame.sort_values(list(sort_by), kind="stable").reset_index(drop=True)
+    return frame
+
+
+def _pair_order_key(pair_id: str) -> tuple[str, int]:
+    """Token-level rows are named ``<pair id>:<k>``: order by pair, then numerically by token."""
+    head, sep, tail = pair_id.rpartition(":")
+    if sep and tail.isdigit():
+        return head, int(tail)
+    return pair_id, -1
+
+
+def activation_layers(store: Any, uris: Sequence[str]) -> list[int]:
+    """The layers held by one or more activation artifacts (shards without rows are ignored);
+    shards that disagree are an error naming both."""
+    found: dict[str, list[int]] = {}
+    for uri in uris:
+        with ActivationReader(store, uri) as reader:
+            if reader.num_rows:
+                found[uri] = reader.layers
+    items = list(found.items())
+    for uri, layers in items[1:]:
+        if layers != items[0][1]:
+            raise ValueError(f"activation shards disagree on layers: {items[0][0]} holds {items[0][1]}, {uri} holds {layers}")
+    if not found:
+        raise ValueError(f"none of the activation artifacts {list(uris)} holds any rows")
+    return next(iter(found.values()))
+
+
+def load_activation_pairs(store: Any, uris: Sequence[str], layer: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(H_chosen, H_rejected, pair_ids)`` of ``layer`` across one or more activation artifacts
+    (the shards of a phase), ordered by pair id (then token index) whatever the sharding.
+    A pair present in two shards is an error that names it."""
+    chosen_parts, rejected_parts, ids = [], [], []
+    owner: dict[str, str] = {}
+    for uri in uris:
+        with ActivationReader(store, uri) as reader:
+            if not reader.num_rows:
+                continue
+            chosen, rejected, pair_ids = reader.load_pairs(layer)
+        for pid in pair_ids:
+            if pid in owner:
+                raise ValueError(f"pair {pid!r} appears in two activation shards: {owner[pid]} and {uri}")
+            owner[pid] = uri
+        chosen_parts.append(chosen)
+        rejected_parts.append(rejected)
+        ids.extend(pair_ids)
+    if not ids:
+        raise ValueError(f"none of the activation artifacts {list(uris)} holds rows for layer {layer}")
+    order = sorted(range(len(ids)), key=lambda i: _pair_order_key(ids[i]))
+    chosen_all = np.concatenate(chosen_parts)[order]
+    rejected_all = np.concatenate(rejected_parts)[order]
+    return chosen_all, rejected_all, [ids[i] for i in order]

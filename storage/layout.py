@@ -7,6 +7,9 @@
     {root}/{run_id}/report.md                      run-level reports (and report PNGs)
     {root}/{run_id}/iter={t}/{phase}.parquet       one table per phase and iteration
     {root}/{run_id}/iter={t}/steering.safetensors  the steering file of iteration t
+    {root}/{run_id}/iter={t}/generations_shard_002_of_004.parquet
+                                                   shard 2 of 4 of a sharded phase
+                                                   (an unsharded phase keeps its plain name)
 
 Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; use
 :func:`parse_iteration_dir` / the manifest for numeric order).
@@ -28,6 +31,8 @@ __all__ = [
     "parse_iteration_dir",
     "artifact_relpath",
     "phase_sort_key",
+    "shard_phase",
+    "split_shard_phase",
 ]
 
 PHASES: tuple[str, ...] = (
@@ -43,6 +48,7 @@ PHASE_EXTENSIONS: dict[str, str] = {"steering": "safetensors"}
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "run.lock"
 REPORT_NAME = "report.md"
+_SHARD = re.compile(r"^(?P<phase>[a-z][a-z0-9_]*?)_shard_(?P<index>\d{3,})_of_(?P<count>\d{3,})$")
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHASE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -94,9 +100,27 @@ def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:
     return f"{iteration_dir(iteration)}/{phase}.{ext}"
 
 
+def shard_phase(phase: str, shard: int, count: int) -> str:
+    """The phase name of shard ``shard`` of ``count``: ``generations_shard_002_of_004``; the plain
+    phase name when the phase is not split (``count == 1``), so unsharded runs keep their layout."""
+    validate_phase(phase)
+    if not isinstance(count, int) or count < 1 or not isinstance(shard, int) or not 0 <= shard < count:
+        raise ValueError(f"shard {shard!r} of {count!r} is not valid: need 0 <= shard < count")
+    return phase if count == 1 else f"{phase}_shard_{shard:03d}_of_{count:03d}"
+
+
+def split_shard_phase(name: str) -> tuple[str, int, int]:
+    """``(phase, shard, count)`` of a phase name; ``(name, 0, 1)`` for an unsharded phase."""
+    match = _SHARD.match(name)
+    if match is None:
+        return name, 0, 1
+    return match["phase"], int(match["index"]), int(match["count"])
+
+
 def phase_sort_key(phase: str) -> tuple[int, str]:
-    """Pipeline order for known phases, then alphabetical."""
+    """Pipeline order for known phases (a shard right after its phase's position), then alphabetical."""
+    base, _, _ = split_shard_phase(phase)
     try:
-        return (PHASES.index(phase), phase)
+        return (PHASES.index(base), phase)
     except ValueError:
         return (len(PHASES), phase)

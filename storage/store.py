@@ -159,6 +159,15 @@ class ArtifactStore:
     def read_frame(self, uri: str, schema_name: str, *, columns: Sequence[str] | None = None) -> Any:
         return _a.read_frame(self, uri, schema_name, columns=columns)
 
+    def read_frames(self, uris: Sequence[str], schema_name: str, *, sort_by: Sequence[str] | None = None) -> Any:
+        return _a.read_frames(self, uris, schema_name, sort_by=sort_by)
+
+    def activation_layers(self, uris: Sequence[str]) -> list[int]:
+        return _a.activation_layers(self, uris)
+
+    def load_activation_pairs(self, uris: Sequence[str], layer: int) -> tuple[Any, Any, list[str]]:
+        return _a.load_activation_pairs(self, uris, layer)
+
     def write_bytes(self, uri: str, data: bytes | str) -> _a.WrittenArtifact:
         return _a.write_bytes(self, uri, data)
 

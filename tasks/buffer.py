@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.pairs import PreferenceBuffer, PreferencePair, pairs_from_scores
-from tasks.phase import PhaseContext, phase_logger, run_phase
+from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
 
 __all__ = ["build_buffer", "pair_id", "pairs_from_frame"]
 
@@ -30,19 +30,21 @@ def pairs_from_frame(frame: pd.DataFrame) -> list[PreferencePair]:
 
 
 @task(name="build-buffer", cache_policy=NO_CACHE)
-def build_buffer(ctx: PhaseContext, generations_uri: str, rankings_uri: str, previous_buffer_uri: str | None) -> str:
+def build_buffer(ctx: PhaseContext, generations_uris: list[str], rankings_uris: list[str], previous_buffer_uri: str | None) -> str:
     """Best-vs-worst (or top-m vs bottom-m) pairs of this iteration, merged with the previous
-    iteration's bank (when ``memory``) and cut to the highest-margin ``buffer_budget`` pairs."""
+    iteration's bank (when ``memory``) and cut to the highest-margin ``buffer_budget`` pairs.
+    Reads every shard of the generations and rankings phases and merges them in prompt-id order."""
 
     def compute():
         cfg = ctx.cfg
         log = phase_logger()
         store = ctx.store
-        gens = store.read_frame(generations_uri, "generations")
-        ranks = store.read_frame(rankings_uri, "rankings")
+        gens = store.read_frames(generations_uris, "generations")
+        ranks = store.read_frames(rankings_uris, "rankings")
         merged = gens.merge(ranks, on=["prompt_id", "sample_index"], how="inner", validate="one_to_one")
         if len(merged) != len(gens):
-            raise ValueError(f"{rankings_uri} scores {len(merged)} of the {len(gens)} answers in {generations_uri}")
+            raise ValueError(f"the rankings {rankings_uris} score {len(merged)} of the {len(gens)} answers in "
+                             f"the generations {generations_uris}")
         merged = merged.sort_values(["prompt_id", "sample_index"])
         groups = [g for _, g in merged.groupby("prompt_id", sort=False)]
         empty = int((merged["text"].str.strip() == "").sum())
@@ -87,7 +89,7 @@ def build_buffer(ctx: PhaseContext, generations_uri: str, rankings_uri: str, pre
         )
         return {"buffer": store.write_table(ctx.uri("buffer"), frame, "buffer")}
 
-    inputs = {"generations": generations_uri, "rankings": rankings_uri}
+    inputs = shard_inputs("generations", generations_uris) | shard_inputs("rankings", rankings_uris)
     if ctx.cfg.memory and previous_buffer_uri:
         inputs["previous_buffer"] = previous_buffer_uri
     return run_phase(ctx, "buffer", depends_on=BUFFER_FIELDS, inputs=inputs, compute=compute).uri

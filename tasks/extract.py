@@ -7,9 +7,11 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core import capture_activations
 from sims_core.progress import progress_bar
+from sims_core.sharding import shard_indices
 from sims_core.steering import align_pairs
+from storage import shard_phase
 from tasks.phase import PhaseContext, phase_logger, run_phase
-from tasks.runtime import base_model
+from tasks.runtime import base_model, exclusive, worker_setup
 
 __all__ = ["extract_activations", "TOKEN_LEARNERS"]
 
@@ -19,19 +21,23 @@ CHUNK = 32  # pairs per chunk: memory stays bounded whatever the buffer size
 
 
 @task(name="extract-activations", cache_policy=NO_CACHE)
-def extract_activations(ctx: PhaseContext, buffer_uri: str) -> str:
-    """Capture the candidate layers' activations on every pair, streamed to Parquet in row groups.
+def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards: int = 1) -> str:
+    """Capture the candidate layers' activations on every pair (those whose prompt falls in
+    ``shard`` when the phase is split in ``shards``), streamed to Parquet in row groups.
     Mean-pooled rows for mean_diff; token-aligned rows (``pair_id:k``) for HPR / linear_shift."""
+    phase = shard_phase("activations", shard, shards)
 
     def compute():
         cfg = ctx.cfg
+        worker_setup(cfg)
         lm = base_model(cfg)
         store = ctx.store
         layers = cfg.candidate_layers(lm.num_layers)
         pairs = store.read_frame(buffer_uri, "buffer")
+        pairs = pairs.iloc[shard_indices(pairs["prompt_id"].tolist(), shard, shards)]
         per_token = cfg.learner in TOKEN_LEARNERS
         skipped_tokens = 0
-        with store.activation_writer(ctx.uri("activations"), hidden=lm.hidden_size, dtype="float32") as writer, \
+        with exclusive(lm), store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer, \
                 progress_bar(total=len(pairs), desc="extracting activations", unit="pair") as bar:
             for start in range(0, len(pairs), CHUNK):
                 chunk = pairs.iloc[start:start + CHUNK]
@@ -59,10 +65,10 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str) -> str:
                         writer.write(layer, neg.numpy(), row_ids, "rejected", 1)
                 bar.update(len(chunk))
         phase_logger().info(
-            "iteration %d: activations of %d pairs at layers %s (%s rows)%s", ctx.iteration, len(pairs), layers,
+            "iteration %d %s: activations of %d pairs at layers %s (%s rows)%s", ctx.iteration, phase, len(pairs), layers,
             writer.rows_written, f", {skipped_tokens} near-identical token positions skipped" if per_token else "",
         )
         return {"activations": writer.result}
 
-    return run_phase(ctx, "activations", depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
+    return run_phase(ctx, phase, depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
                      inputs={"buffer": buffer_uri}, compute=compute).uri

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from sims_core.seeding import derive_seed
 from sims_core.steering import fit_steering
 from sims_core.steering.strength import select_strength
-from tasks.phase import PhaseContext, phase_logger, run_phase
+from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
 from tasks.runtime import base_model, load_steering, make_oracle
 
 __all__ = ["fit_steering_set", "FIT_FIELDS"]
@@ -23,21 +23,21 @@ FIT_FIELDS = ("learner", "learner_options", "layers", "top_k", "alphas", "max_nl
 
 
 @task(name="fit-steering", cache_policy=NO_CACHE)
-def fit_steering_set(ctx: PhaseContext, activations_uri: str, split_uri: str, previous_steering_uri: str | None) -> dict[str, str]:
-    """Fit the learner on the activations (warm-started from iteration t-1), then try the alpha
-    grid on the validation prompts and keep the strength the training oracle likes best."""
+def fit_steering_set(ctx: PhaseContext, activations_uris: list[str], split_uri: str, previous_steering_uri: str | None) -> dict[str, str]:
+    """Fit the learner on the activations (every shard, merged in pair-id order; warm-started from
+    iteration t-1), then try the alpha grid on the validation prompts and keep the strength the
+    training oracle likes best."""
 
     def compute():
         cfg = ctx.cfg
         log = phase_logger()
         store = ctx.store
         lm = base_model(cfg)
-        with store.activation_reader(activations_uri) as reader:
-            layers = reader.layers
-            pos, neg = {}, {}
-            for layer in layers:
-                chosen, rejected, _ = reader.load_pairs(layer)
-                pos[layer], neg[layer] = torch.from_numpy(chosen).float(), torch.from_numpy(rejected).float()
+        layers = store.activation_layers(activations_uris)
+        pos, neg = {}, {}
+        for layer in layers:
+            chosen, rejected, _ = store.load_activation_pairs(activations_uris, layer)
+            pos[layer], neg[layer] = torch.from_numpy(chosen).float(), torch.from_numpy(rejected).float()
         warm = load_steering(store, previous_steering_uri, lm) if (cfg.warm_start and previous_steering_uri) else None
         if warm is not None and warm.learner != cfg.learner:
             log.warning("warm start skipped: iteration %d used learner %s, this one uses %s", ctx.iteration - 1, warm.learner, cfg.learner)
@@ -75,7 +75,7 @@ def fit_steering_set(ctx: PhaseContext, activations_uri: str, split_uri: str, pr
             "selection": store.write_table(ctx.uri("selection"), table, "eval"),
         }
 
-    inputs = {"activations": activations_uri, "split": split_uri}
+    inputs = shard_inputs("activations", activations_uris) | {"split": split_uri}
     if ctx.cfg.warm_start and previous_steering_uri:
         inputs["previous_steering"] = previous_steering_uri
     result = run_phase(ctx, "steering", depends_on=FIT_FIELDS, inputs=inputs, compute=compute)

@@ -8,11 +8,14 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core import generate
 from sims_core.seeding import derive_seed
+from sims_core.sharding import shard_indices
+from storage import shard_phase
 from tasks.phase import PhaseContext, run_phase
-from tasks.runtime import base_model, load_steering, policy
+from tasks.runtime import base_model, exclusive, load_steering, policy, worker_setup
 
 __all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame"]
 
+GENERATION_COLUMNS = ("prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason", "seed")
 GENERATION_FIELDS = ("model", "device", "dtype", "system_prompt", "num_samples", "max_new_tokens", "temperature",
                      "top_p", "seed", "positions")
 
@@ -24,26 +27,32 @@ def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
         for index, g in enumerate(samples):
             rows.append({"prompt_id": prompt_id, "prompt": prompt, "sample_index": index, "text": g.text,
                          "num_tokens": g.num_tokens, "finish_reason": g.finish_reason, "seed": g.seed})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=list(GENERATION_COLUMNS))
 
 
 @task(name="generate", cache_policy=NO_CACHE)
-def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | None) -> str:
-    """Sample ``num_samples`` answers to each of the iteration's prompts with pi_{t-1}."""
+def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | None, shard: int = 0, shards: int = 1) -> str:
+    """Sample ``num_samples`` answers to each of the iteration's prompts (those of ``shard`` when
+    the phase is split in ``shards``) with pi_{t-1}."""
+    phase = shard_phase("generations", shard, shards)
 
     def compute():
         cfg = ctx.cfg
+        worker_setup(cfg)
         lm = base_model(cfg)
         prompts = ctx.store.read_frame(prompts_uri, "prompts")
+        prompts = prompts.iloc[shard_indices(prompts["prompt_id"].tolist(), shard, shards)]
         steering = load_steering(ctx.store, steering_uri, lm) if steering_uri else None
-        with policy(lm, steering, cfg.positions):
-            out = generate(
-                lm, prompts["prompt"].tolist(), num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
-            )
+        out = []
+        if len(prompts):  # a shard can be empty when there are more shards than prompts
+            with exclusive(lm), policy(lm, steering, cfg.positions):
+                out = generate(
+                    lm, prompts["prompt"].tolist(), num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                    seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
+                )
         frame = generations_frame(prompts, out)
-        return {"generations": ctx.store.write_table(ctx.uri("generations"), frame, "generations")}
+        return {"generations": ctx.store.write_table(ctx.uri(phase), frame, "generations")}
 
     inputs = {"prompts": prompts_uri} | ({"steering": steering_uri} if steering_uri else {})
-    return run_phase(ctx, "generations", depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute).uri
+    return run_phase(ctx, phase, depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute).uri

@@ -18,7 +18,7 @@ from typing import Any
 from sims_core.config import SimsConfig
 from storage import ArtifactStore, Manifest, WrittenArtifact
 
-__all__ = ["EXECUTIONS", "PhaseContext", "PhaseResult", "run_phase", "phase_logger"]
+__all__ = ["EXECUTIONS", "PhaseContext", "PhaseResult", "run_phase", "phase_logger", "shard_inputs"]
 
 # How many times each (run, iteration, phase) was computed in this process; tests count with it.
 EXECUTIONS: Counter[tuple[str, int, str]] = Counter()
@@ -37,6 +37,16 @@ def phase_logger() -> logging.Logger | logging.LoggerAdapter:
     except ImportError:  # pragma: no cover - prefect is a dependency
         pass
     return logging.getLogger("sims")
+
+
+def shard_inputs(name: str, uris: list[str]) -> dict[str, str]:
+    """Input names of a phase that reads every shard of an earlier one: the plain name for one
+    artifact (so unsharded runs keep their keys), ``name_shard_002`` for each of several."""
+    if isinstance(uris, str) or not uris:
+        raise ValueError(f"{name}: expected a non-empty list of artifact URIs, got {uris!r}")
+    if len(uris) == 1:
+        return {name: uris[0]}
+    return {f"{name}_shard_{index:03d}": uri for index, uri in enumerate(uris)}
 
 
 @dataclass(frozen=True)

@@ -6,24 +6,34 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from storage import shard_phase
 from tasks.phase import PhaseContext, phase_logger, run_phase
-from tasks.runtime import base_model, make_oracle
+from tasks.runtime import base_model, exclusive, make_oracle, worker_setup
+
+RANKING_COLUMNS = ("prompt_id", "sample_index", "score", "rank", "oracle")
 
 __all__ = ["rank_answers"]
 
 
 @task(name="rank", cache_policy=NO_CACHE)
-def rank_answers(ctx: PhaseContext, generations_uri: str) -> str:
-    """Score every answer with the training oracle; rank 0 is the best of its prompt."""
+def rank_answers(ctx: PhaseContext, generations_uri: str, shard: int = 0, shards: int = 1) -> str:
+    """Score every answer of one generations artifact (shard ``shard`` of ``shards``: ranking shard
+    i reads generations shard i) with the training oracle; rank 0 is the best of its prompt."""
+    phase = shard_phase("rankings", shard, shards)
 
     def compute():
         cfg = ctx.cfg
+        worker_setup(cfg)
         frame = ctx.store.read_frame(generations_uri, "generations").sort_values(["prompt_id", "sample_index"])
         groups = list(frame.groupby("prompt_id", sort=False))
         prompts = [g["prompt"].iloc[0] for _, g in groups]
         candidates = [g["text"].tolist() for _, g in groups]
-        oracle = make_oracle(cfg.oracle, cfg.oracle_options, base_model(cfg))
-        scores = oracle.score(prompts, candidates)
+        lm = base_model(cfg)
+        oracle = make_oracle(cfg.oracle, cfg.oracle_options, lm)
+        scores = []
+        if groups:  # a shard can be empty when there are more shards than prompts
+            with exclusive(lm):
+                scores = oracle.score(prompts, candidates)
         rows = []
         for (prompt_id, group), prompt_scores in zip(groups, scores):
             order = sorted(range(len(prompt_scores)), key=lambda i: (-prompt_scores[i], i))
@@ -31,10 +41,10 @@ def rank_answers(ctx: PhaseContext, generations_uri: str) -> str:
             for index, (sample_index, score) in enumerate(zip(group["sample_index"], prompt_scores)):
                 rows.append({"prompt_id": prompt_id, "sample_index": int(sample_index), "score": float(score),
                              "rank": rank[index], "oracle": oracle.name})
-        out = pd.DataFrame(rows)
-        phase_logger().info("iteration %d: oracle %s mean score %.4f over %d answers", ctx.iteration, oracle.name,
-                            out["score"].mean(), len(out))
-        return {"rankings": ctx.store.write_table(ctx.uri("rankings"), out, "rankings")}
+        out = pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
+        phase_logger().info("iteration %d %s: oracle %s mean score %.4f over %d answers", ctx.iteration, phase, oracle.name,
+                            out["score"].mean() if len(out) else float("nan"), len(out))
+        return {"rankings": ctx.store.write_table(ctx.uri(phase), out, "rankings")}
 
-    return run_phase(ctx, "rankings", depends_on=("oracle", "oracle_options", "model", "system_prompt"),
+    return run_phase(ctx, phase, depends_on=("oracle", "oracle_options", "model", "system_prompt"),
                      inputs={"generations": generations_uri}, compute=compute).uri

@@ -18,11 +18,33 @@ from sims_core.oracles import Oracle, get_oracle, known_oracles, oracle_factory
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
-__all__ = ["base_model", "make_oracle", "load_steering", "policy"]
+__all__ = ["base_model", "exclusive", "make_oracle", "load_steering", "policy", "worker_setup"]
 
 _LOCK = threading.Lock()
 _MODELS: dict[tuple[str, str, str, str | None], LanguageModel] = {}
 _ORACLE_CACHE: dict[tuple[str, str, int], Oracle] = {}
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+
+
+def worker_setup(cfg: SimsConfig) -> None:
+    """Per-worker settings before a shard computes: ``engine_options.torch_threads`` caps torch's
+    intra-op threads (two workers sharing cores each at full width thrash)."""
+    threads = cfg.engine_options.get("torch_threads")
+    if threads is not None:
+        import torch
+
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+@contextmanager
+def exclusive(lm: LanguageModel) -> Iterator[None]:
+    """Hold the model alone: shards that run in threads of one process share one model instance,
+    and steering hooks (pi_{t-1}) on a shared module must not overlap another shard's forward."""
+    with _LOCK:
+        lock = _MODEL_LOCKS.setdefault(id(lm), threading.Lock())
+    with lock:
+        yield
 
 
 def base_model(cfg: SimsConfig) -> LanguageModel:
