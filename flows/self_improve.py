@@ -130,8 +130,8 @@ def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple
         ctx = context(t)
         prompts_uri = sample_iteration_prompts(ctx, split_uri)
         generations = sharded(ctx, "generations", prompts_uri=prompts_uri, steering_uri=previous_steering)
-        rankings = run_units(ctx, "rankings", [{"generations_uri": uri, "shard": i, "shards": cfg.shards}
-                                               for i, uri in enumerate(generations)])
+        rankings = run_units(ctx, "rankings", [{"generations_uri": uri, "prompts_uri": prompts_uri, "shard": i,
+                                                "shards": cfg.shards} for i, uri in enumerate(generations)])
         buffer_uri = build_buffer(ctx, generations, rankings, previous_buffer)
         activations = sharded(ctx, "activations", buffer_uri=buffer_uri)
         fit_call = {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering}

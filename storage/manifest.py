@@ -9,6 +9,11 @@ duration and error message.
 :meth:`Manifest.is_fresh` decides whether a phase can be skipped on resume and, if not, says
 exactly why. Every change re-reads the file, applies itself and writes the file back under a
 per-process lock; across processes the run lock (``storage.lock``) keeps a single writer.
+
+The entries of shards (``generations_shard_002_of_004``: see `storage.layout.shard_phase`) are
+written by workers in other processes or on other hosts, concurrently: each lives in its own
+file ``{run_id}/iter={t}/{phase}.entry.json`` (the same JSON as an entry of manifest.json), which
+only that shard writes, so no update is lost on a local disk or on S3. `Manifest.load` merges them.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import artifacts as _a
-from .layout import phase_sort_key, validate_phase, validate_run_id
+from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
 from .store import ArtifactStore
 
 __all__ = [
@@ -120,6 +125,10 @@ class PhaseEntry:
         return cls(**kw)
 
 
+def _is_shard(phase: str) -> bool:
+    return split_shard_phase(phase)[2] > 1
+
+
 def _check_key(iteration: int, phase: str) -> None:
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
         raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
@@ -176,6 +185,28 @@ class Manifest:
             "entries": [e.to_dict() for e in self.entries],
         }
 
+    def _sidecar_uri(self, iteration: int, phase: str) -> str:
+        return self.store.run_uri(self.run_id, f"iter={int(iteration)}", f"{phase}.entry.json")
+
+    def _read_sidecars(self) -> list[PhaseEntry]:
+        fs = self.store.fs
+        run_dir = self.store.location.join(self.run_id)
+        fs.invalidate_cache(run_dir)  # s3fs caches listings; another worker may just have written one
+        pattern = f"{run_dir}/iter=*/*.entry.json"
+        out = []
+        for path in sorted(fs.glob(pattern)):
+            try:
+                out.append(PhaseEntry.from_dict(json.loads(fs.cat_file(path))))
+            except FileNotFoundError:
+                continue
+            except (json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}: shard entry is not valid ({exc})") from None
+        return out
+
+    def _apply_sidecars(self) -> None:
+        for e in self._read_sidecars():
+            self._entries[(e.iteration, e.phase)] = e
+
     def _apply_dict(self, d: dict[str, Any]) -> None:
         fmt = d.get("format")
         if fmt != MANIFEST_FORMAT:
@@ -209,6 +240,7 @@ class Manifest:
                 + (", ".join(runs) if runs else "none")
             )
         m._apply_dict(d)
+        m._apply_sidecars()
         return m
 
     @classmethod
@@ -240,6 +272,7 @@ class Manifest:
         d = self._read_disk()
         if d is not None:
             self._apply_dict(d)
+        self._apply_sidecars()
         return self
 
     def save(self) -> None:
@@ -249,7 +282,9 @@ class Manifest:
 
     def _write(self) -> None:
         self.updated_at = utc_now()
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False, default=_json_default)
+        data = self.to_dict()
+        data["entries"] = [e for e in data["entries"] if not _is_shard(e["phase"])]  # they have their own files
+        text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
         _a.write_bytes(self.store, self.uri, text + "\n")
 
     def _commit(self, mutate: Callable[[Manifest], Any]) -> Any:
@@ -258,9 +293,23 @@ class Manifest:
             d = self._read_disk()
             if d is not None:
                 self._apply_dict(d)
+            self._apply_sidecars()
             out = mutate(self)
             self._write()
             return out
+
+    def _commit_entry(self, iteration: int, phase: str, mutate: Callable[[Manifest], PhaseEntry]) -> PhaseEntry:
+        """Update one entry: a shard's goes to its own file (never lost to a concurrent shard in
+        another process); any other through the manifest file."""
+        if not _is_shard(phase):
+            return self._commit(mutate)
+        uri = self._sidecar_uri(iteration, phase)
+        with _lock_for(uri):
+            self.reload()
+            entry = mutate(self)
+            text = json.dumps(entry.to_dict(), indent=2, default=_json_default)
+            _a.write_bytes(self.store, uri, text + "\n")
+            return entry
 
     # ------------------------------------------------------------ queries
     @property
@@ -275,6 +324,21 @@ class Manifest:
 
     def phases(self, iteration: int) -> list[str]:
         return [e.phase for e in self.entries if e.iteration == iteration]
+
+    def shard_uris(self, iteration: int, phase: str) -> list[str]:
+        """URIs of the completed artifact(s) of ``phase`` at ``iteration``: the plain one, or every
+        shard of the shard plan (``*_shard_i_of_n``) that completed last; [] when none did."""
+        plans: dict[int, list[PhaseEntry]] = {}
+        for e in self.entries:
+            base, _, count = split_shard_phase(e.phase)
+            if e.iteration == iteration and base == phase:
+                plans.setdefault(count, []).append(e)
+        complete = [(max(x.finished_at or "" for x in group), count) for count, group in plans.items()
+                    if len(group) == count and all(x.status == "completed" for x in group)]
+        if not complete:
+            return []
+        _, count = max(complete)
+        return [self.output_uri(iteration, e.phase) for e in sorted(plans[count], key=lambda x: x.phase)]
 
     def _require(self, iteration: int, phase: str) -> PhaseEntry:
         e = self.entry(iteration, phase)
@@ -376,7 +440,7 @@ class Manifest:
             m._entries[(iteration, phase)] = e
             return e
 
-        return self._commit(mutate)
+        return self._commit_entry(iteration, phase, mutate)
 
     def start(
         self,
@@ -404,7 +468,7 @@ class Manifest:
             m._entries[(iteration, phase)] = e
             return e
 
-        return self._commit(mutate)
+        return self._commit_entry(iteration, phase, mutate)
 
     def complete(
         self,

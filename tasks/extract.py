@@ -7,7 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core import capture_activations
 from sims_core.progress import progress_bar
-from sims_core.sharding import shard_indices
+from sims_core.sharding import canonical_groups, shard_groups
 from sims_core.steering import align_pairs
 from storage import shard_phase
 from tasks.phase import PhaseContext, phase_logger, run_phase
@@ -17,13 +17,14 @@ __all__ = ["extract_activations", "TOKEN_LEARNERS"]
 
 # Learners trained on token-aligned pairs (HPR's published recipe); the others on mean-pooled rows.
 TOKEN_LEARNERS = ("hpr", "linear_shift")
-CHUNK = 32  # pairs per chunk: memory stays bounded whatever the buffer size
 
 
 @task(name="extract-activations", cache_policy=NO_CACHE)
 def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards: int = 1) -> str:
-    """Capture the candidate layers' activations on every pair (those whose prompt falls in
-    ``shard`` when the phase is split in ``shards``), streamed to Parquet in row groups.
+    """Capture the candidate layers' activations on every pair of the buffer (those of ``shard``
+    when the phase is split in ``shards``), streamed to Parquet in row groups. Pairs go through
+    the model in canonical groups of ``batch_size`` (by length, then pair id), one batch each, so
+    the values do not depend on the number of shards; memory stays bounded by one group.
     Mean-pooled rows for mean_diff; token-aligned rows (``pair_id:k``) for HPR / linear_shift."""
     phase = shard_phase("activations", shard, shards)
 
@@ -34,13 +35,18 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
         store = ctx.store
         layers = cfg.candidate_layers(lm.num_layers)
         pairs = store.read_frame(buffer_uri, "buffer")
-        pairs = pairs.iloc[shard_indices(pairs["prompt_id"].tolist(), shard, shards)]
+        lengths = [len(lm.encode_prompt(p)) + max(len(lm.encode_response(c)), len(lm.encode_response(r)))
+                   for p, c, r in pairs[["prompt", "chosen", "rejected"]].itertuples(index=False)]
+        groups = shard_groups(canonical_groups(pairs["pair_id"].tolist(), lengths, cfg.batch_size), shard, shards)
+        pairs = pairs.iloc[[i for group in groups for i in group]]
         per_token = cfg.learner in TOKEN_LEARNERS
         skipped_tokens = 0
         with exclusive(lm), store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer, \
                 progress_bar(total=len(pairs), desc="extracting activations", unit="pair") as bar:
-            for start in range(0, len(pairs), CHUNK):
-                chunk = pairs.iloc[start:start + CHUNK]
+            start = 0
+            for group in groups:  # one batch each: the same batches whatever the number of shards
+                chunk = pairs.iloc[start:start + len(group)]
+                start += len(group)
                 prompts = chunk["prompt"].tolist()
                 ids = chunk["pair_id"].tolist()
                 pooling = "none" if per_token else "mean"

@@ -8,12 +8,13 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core import generate
 from sims_core.seeding import derive_seed
-from sims_core.sharding import shard_indices
+from sims_core.progress import progress_bar
+from sims_core.sharding import canonical_groups, shard_groups
 from storage import shard_phase
 from tasks.phase import PhaseContext, run_phase
 from tasks.runtime import base_model, exclusive, load_steering, policy, worker_setup
 
-__all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame"]
+__all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame", "prompt_groups"]
 
 GENERATION_COLUMNS = ("prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason", "seed")
 GENERATION_FIELDS = ("model", "device", "dtype", "system_prompt", "num_samples", "max_new_tokens", "temperature",
@@ -30,6 +31,13 @@ def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(GENERATION_COLUMNS))
 
 
+def prompt_groups(lm, prompts: pd.DataFrame, cfg) -> list[list[int]]:
+    """The iteration's prompts cut into canonical groups of ``batch_size // num_samples`` prompts
+    (one generation batch each), by prompt length then id (see `sims_core.sharding`)."""
+    lengths = [len(lm.encode_prompt(p)) for p in prompts["prompt"]]
+    return canonical_groups(prompts["prompt_id"].tolist(), lengths, max(1, cfg.batch_size // cfg.num_samples))
+
+
 @task(name="generate", cache_policy=NO_CACHE)
 def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | None, shard: int = 0, shards: int = 1) -> str:
     """Sample ``num_samples`` answers to each of the iteration's prompts (those of ``shard`` when
@@ -41,16 +49,20 @@ def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | No
         worker_setup(cfg)
         lm = base_model(cfg)
         prompts = ctx.store.read_frame(prompts_uri, "prompts")
-        prompts = prompts.iloc[shard_indices(prompts["prompt_id"].tolist(), shard, shards)]
+        groups = shard_groups(prompt_groups(lm, prompts, cfg), shard, shards)
         steering = load_steering(ctx.store, steering_uri, lm) if steering_uri else None
+        order = [i for group in groups for i in group]
         out = []
-        if len(prompts):  # a shard can be empty when there are more shards than prompts
-            with exclusive(lm), policy(lm, steering, cfg.positions):
-                out = generate(
-                    lm, prompts["prompt"].tolist(), num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
-                    seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
+        with exclusive(lm), policy(lm, steering, cfg.positions), \
+                progress_bar(total=len(order) * cfg.num_samples, desc=f"generating ({phase})", unit="answer") as bar:
+            for group in groups:  # one batch each: the same batches whatever the number of shards
+                out += generate(
+                    lm, prompts["prompt"].iloc[group].tolist(), num_samples=cfg.num_samples,
+                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    batch_size=cfg.batch_size, seed=derive_seed(cfg.seed, ctx.iteration, "generations"), progress=False,
                 )
+                bar.update(len(group) * cfg.num_samples)
+        prompts = prompts.iloc[order]
         frame = generations_frame(prompts, out)
         return {"generations": ctx.store.write_table(ctx.uri(phase), frame, "generations")}
 

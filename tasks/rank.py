@@ -7,6 +7,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage import shard_phase
+from sims_core.sharding import shard_groups
+from tasks.generate import prompt_groups
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import base_model, exclusive, make_oracle, worker_setup
 
@@ -16,24 +18,32 @@ __all__ = ["rank_answers"]
 
 
 @task(name="rank", cache_policy=NO_CACHE)
-def rank_answers(ctx: PhaseContext, generations_uri: str, shard: int = 0, shards: int = 1) -> str:
-    """Score every answer of one generations artifact (shard ``shard`` of ``shards``: ranking shard
-    i reads generations shard i) with the training oracle; rank 0 is the best of its prompt."""
+def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shard: int = 0, shards: int = 1) -> str:
+    """Score every answer of one generations artifact (ranking shard i reads generations shard i)
+    with the training oracle; rank 0 is the best of its prompt. The oracle scores the prompts in
+    the canonical groups generation used, so scores do not depend on the number of shards."""
     phase = shard_phase("rankings", shard, shards)
 
     def compute():
         cfg = ctx.cfg
         worker_setup(cfg)
         frame = ctx.store.read_frame(generations_uri, "generations").sort_values(["prompt_id", "sample_index"])
-        groups = list(frame.groupby("prompt_id", sort=False))
-        prompts = [g["prompt"].iloc[0] for _, g in groups]
-        candidates = [g["text"].tolist() for _, g in groups]
         lm = base_model(cfg)
+        prompt_table = ctx.store.read_frame(prompts_uri, "prompts")
+        batches = [prompt_table["prompt_id"].iloc[g].tolist()
+                   for g in shard_groups(prompt_groups(lm, prompt_table, cfg), shard, shards)]
+        by_prompt = dict(list(frame.groupby("prompt_id", sort=False)))
+        expected = {pid for batch in batches for pid in batch}
+        if set(by_prompt) != expected:
+            raise ValueError(f"{generations_uri} answers prompts {sorted(set(by_prompt) ^ expected)[:3]}... that "
+                             f"{phase} of {prompts_uri} does not (or the reverse): was it written for another shard plan?")
+        groups = [(pid, by_prompt[pid]) for batch in batches for pid in batch]
         oracle = make_oracle(cfg.oracle, cfg.oracle_options, lm)
-        scores = []
-        if groups:  # a shard can be empty when there are more shards than prompts
-            with exclusive(lm):
-                scores = oracle.score(prompts, candidates)
+        scores: list[list[float]] = []
+        with exclusive(lm):
+            for batch in batches:  # the batches generation used, whatever the number of shards
+                scores += oracle.score([by_prompt[pid]["prompt"].iloc[0] for pid in batch],
+                                       [by_prompt[pid]["text"].tolist() for pid in batch])
         rows = []
         for (prompt_id, group), prompt_scores in zip(groups, scores):
             order = sorted(range(len(prompt_scores)), key=lambda i: (-prompt_scores[i], i))
@@ -47,4 +57,4 @@ def rank_answers(ctx: PhaseContext, generations_uri: str, shard: int = 0, shards
         return {"rankings": ctx.store.write_table(ctx.uri(phase), out, "rankings")}
 
     return run_phase(ctx, phase, depends_on=("oracle", "oracle_options", "model", "system_prompt"),
-                     inputs={"generations": generations_uri}, compute=compute).uri
+                     inputs={"generations": generations_uri, "prompts": prompts_uri}, compute=compute).uri

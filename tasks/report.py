@@ -25,8 +25,9 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
         if entry is None or entry.status != "completed":
             continue
         row: dict = {"iteration": t}
-        if manifest.entry(t, "rankings"):
-            row["oracle_score"] = float(store.read_frame(manifest.output_uri(t, "rankings"), "rankings")["score"].mean())
+        rankings = manifest.shard_uris(t, "rankings")
+        if rankings:
+            row["oracle_score"] = float(store.read_frames(rankings, "rankings")["score"].mean())
         if manifest.entry(t, "buffer"):
             row["pairs"] = manifest.entry(t, "buffer").rows
         if manifest.entry(t, "steering"):
