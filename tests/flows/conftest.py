@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from prefect_server import running_prefect_server
 from sims_core.testing import save_tiny_model
 
 
@@ -29,3 +30,12 @@ def tiny_config(tiny_model_dir, tmp_path):
         "max_new_tokens": 6, "max_eval_prompts": 3, "max_val_prompts": 2, "eval_samples": 2, "batch_size": 8,
         "oracle": "embedding", "judge": "pmi", "alphas": [1.0, 4.0],
     }
+
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A real `prefect server start` on a free loopback port; yields the environment that points
+    the CLI and clients at it."""
+    with running_prefect_server(tmp_path) as env:
+        yield env

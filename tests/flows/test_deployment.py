@@ -5,14 +5,9 @@ Kubernetes GPU variant (no cluster here to run it)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,57 +15,14 @@ import yaml
 
 from storage import ArtifactStore, Manifest
 
-ROOT = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).with_name("prefect"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _prefect(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    done = subprocess.run([PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false", "SIMS_PROGRESS": "0",
-           "PREFECT_CLI_WRAP_LINES": "false", "COLUMNS": "200"}
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"prefect server did not start:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield env
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+from prefect_server import PREFECT, ROOT, prefect_cli as _prefect
 
 
 @pytest.mark.skipif(shutil.which(PREFECT) is None and not Path(PREFECT).exists(), reason="prefect CLI not installed")
 def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, tiny_model_dir, tmp_path):
     env = prefect_server
     _prefect(env, "work-pool", "create", "sims-process", "--type", "process")
+    _prefect(env, "work-pool", "create", "sims-gpu", "--type", "process")
     _prefect(env, "--no-prompt", "deploy", "--all")
     inspected = _prefect(env, "deployment", "inspect", "self-improve/nightly")
     assert "0 3 * * *" in inspected and "'timezone': 'UTC'" in inspected
@@ -95,12 +47,26 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
 
 
 def test_kubernetes_gpu_variant_is_consistent():
-    deployment = yaml.safe_load((ROOT / "flows/deploy/kubernetes-gpu.yaml").read_text())["deployments"][0]
+    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "flows/deploy/kubernetes-gpu.yaml").read_text())["deployments"]}
     template = json.loads((ROOT / "flows/deploy/kubernetes-gpu-job-template.json").read_text())
     variables = set(template["variables"]["properties"])
     used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))
     assert used <= variables, f"template uses undefined variables {sorted(used - variables)}"
-    assert set(deployment["work_pool"]["job_variables"]) <= variables
     container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
-    assert deployment["entrypoint"] == "flows/self_improve.py:self_improve" and deployment["concurrency_limit"] == 1
+    for name in ("nightly-gpu", "gpu"):  # the GPU pool's jobs fill the GPU template's variables
+        assert deployments[name]["work_pool"]["name"] == "sims-gpu"
+        assert set(deployments[name]["work_pool"]["job_variables"]) <= variables
+        assert deployments[name]["work_pool"]["job_variables"]["gpu_count"] == 1
+    assert deployments["nightly-gpu"]["entrypoint"] == "flows/self_improve.py:self_improve"
+    assert deployments["nightly-gpu"]["concurrency_limit"] == 1
+    assert deployments["gpu"]["entrypoint"] == "flows/phase_worker.py:sims_phase"
+
+    orchestrated = deployments["nightly-orchestrated"]
+    from flows.self_improve import build_config
+
+    params = dict(orchestrated["parameters"])
+    cfg = build_config(params.pop("config"), **{k: v for k, v in params.items()})
+    assert cfg.engine == "deployment" and cfg.shards == 4 and orchestrated["work_pool"]["name"] == "sims-cpu"
+    flow_name, deployment_name = cfg.engine_options["deployment"].split("/")
+    assert flow_name == "sims-phase" and deployment_name in deployments  # it starts the GPU deployment above

@@ -6,56 +6,16 @@ from __future__ import annotations
 
 import socket
 
-import numpy as np
-import pandas as pd
 import pytest
 
 import tasks.generate
 from flows.self_improve import self_improve
 from sims_core.config import ConfigError
-from storage import ArtifactStore, Manifest, split_shard_phase
+from storage import ArtifactStore, Manifest
 from tasks.engine import EngineError, ShardsFailed
 from tasks.phase import EXECUTIONS
 
-SHARDED = {"generations": ("generations", ["prompt_id", "sample_index"]), "rankings": ("rankings", ["prompt_id", "sample_index"])}
-
-
-def _shard_uris(manifest: Manifest, iteration: int, base: str) -> list[str]:
-    phases = sorted(e.phase for e in manifest.entries if e.iteration == iteration and split_shard_phase(e.phase)[0] == base)
-    return [manifest.output_uri(iteration, phase) for phase in phases]
-
-
-def _merged(store_url: str, run_id: str) -> dict:
-    """Every artifact of a run, with shards merged: what a later phase sees."""
-    store = ArtifactStore.open(store_url)
-    manifest = Manifest.load(store, run_id)
-    out: dict = {}
-    for t in manifest.iterations():
-        for base, (schema, keys) in SHARDED.items():
-            uris = _shard_uris(manifest, t, base)
-            if uris:
-                out[(t, base)] = store.read_frames(uris, schema, sort_by=keys)
-        acts = _shard_uris(manifest, t, "activations")
-        if acts:
-            for layer in store.activation_layers(acts):
-                out[(t, "activations", layer)] = store.load_activation_pairs(acts, layer)
-        for phase in ("prompts", "buffer", "eval", "steering"):
-            if manifest.entry(t, phase) is not None:
-                out[(t, phase)] = store.read_bytes(manifest.output_uri(t, phase))
-    return out
-
-
-def _assert_same(reference: dict, other: dict) -> None:
-    assert reference.keys() == other.keys()
-    for key, value in reference.items():
-        if isinstance(value, pd.DataFrame):
-            pd.testing.assert_frame_equal(value, other[key], check_exact=True, obj=str(key))
-        elif isinstance(value, tuple):  # (chosen, rejected, pair ids)
-            assert np.array_equal(value[0], other[key][0]) and np.array_equal(value[1], other[key][1]), key
-            assert value[2] == other[key][2], key
-        else:
-            assert value == other[key], f"{key} differs"
-
+from sharding_helpers import assert_same_artifacts as _assert_same, merged_artifacts as _merged
 
 @pytest.fixture
 def sharded_config(tiny_config, tmp_path):
