@@ -1,7 +1,7 @@
 """The ``sims`` command line.
 
-    sims run [--config FILE] [--set key=value ...] [--run-id NAME] [--store URL]
-    sims resume RUN_ID [--iterations N] [--set key=value ...] [--store URL]
+    sims run [--config FILE] [--set key=value ...] [--run-id NAME] [--store URL] [--shards N] [--engine NAME]
+    sims resume RUN_ID [--iterations N] [--set key=value ...] [--store URL] [--shards N] [--engine NAME]
     sims status RUN_ID [--json] [--store URL]
     sims runs [--store URL]
     sims eval RUN_ID [--iteration T] [--json] [--store URL]
@@ -41,8 +41,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sims_core.steering.steering_set import IncompatibleSteeringError, SteeringFileError
     from storage import ArtifactSchemaError, RunLockedError, UnsupportedStoreError
     from storage.prompts import PromptSourceError
+    from tasks.engine import EngineError
 
-    return (UsageError, PromptSourceError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
+    return (UsageError, PromptSourceError, EngineError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
             UnsupportedStoreError, ArtifactSchemaError, SteeringFileError, IncompatibleSteeringError, FileNotFoundError)
 
 
@@ -59,8 +60,9 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "store", None):
         overrides.append(f"store={args.store}")
-    if getattr(args, "iterations", None):
-        overrides.append(f"iterations={args.iterations}")
+    for name in ("iterations", "shards", "engine"):
+        if getattr(args, name, None) is not None:
+            overrides.append(f"{name}={getattr(args, name)}")
     return cfg.with_overrides(overrides) if overrides else cfg
 
 
@@ -220,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--iterations", type=int, help="total iterations wanted (more than before continues the run)")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     resume.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    for command in (run, resume):
+        command.add_argument("--shards", type=int, help="split generation, ranking and extraction into N shards "
+                                                        "(results do not depend on N)")
+        command.add_argument("--engine", help="where shards run: threads (default), dask, ray, deployment "
+                                              "(options: --set 'engine_options={...}')")
     resume.set_defaults(func=cmd_resume)
 
     status = sub.add_parser("status", help="the phase table of a run")

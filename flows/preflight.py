@@ -1,5 +1,6 @@
 """Cheap checks of a run's configuration before any flow starts, so that a user mistake (a
-missing model file, an unknown oracle, an unreadable prompt file, a bad store URL) is one clear
+missing model file, an unknown oracle, an unreadable prompt file, a bad store URL, an unreachable
+Dask scheduler) is one clear
 sentence instead of a failed flow run."""
 
 from __future__ import annotations
@@ -45,3 +46,6 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
         if name not in known:
             raise ConfigError(f"{field} must be one of {known}, got {name!r}")
     load_prompt_table(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
+    from tasks.engine import check_engine
+
+    check_engine(cfg, with_api=False)  # the flow checks a deployment engine's deployment on its API

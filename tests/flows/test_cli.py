@@ -32,6 +32,18 @@ def test_status_json_lists_every_phase(finished_run, capsys):
     assert len(data["phases"]) == 8
 
 
+def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, tmp_path, capsys):
+    store = str(tmp_path / "runs")
+    argv = ["run", "--run-id", "sharded", "--store", store, "--shards", "2", "--set", f"model={tiny_model_dir}",
+            "--set", "iterations=1", "--set", "num_prompts=4", "--set", "num_samples=2", "--set", "max_new_tokens=4",
+            "--set", "max_eval_prompts=2", "--set", "max_val_prompts=2", "--set", "eval_samples=1", "--set", "controls=false"]
+    assert main(argv) == 0
+    assert "held-out win rate" in capsys.readouterr().out
+    assert main(["status", "sharded", "--store", store, "--json"]) == 0
+    phases = [p["phase"] for p in json.loads(capsys.readouterr().out)["phases"]]
+    assert "generations_shard_001_of_002" in phases and "activations_shard_000_of_002" in phases
+
+
 def test_status_table_and_runs(finished_run, capsys):
     store, _ = finished_run
     assert main(["status", "cli-run", "--store", store]) == 0
@@ -82,6 +94,10 @@ def test_export_steering_dpo_and_gguf(finished_run, tmp_path, capsys):
         (["run", "--run-id", "bad id!"], "run_id 'bad id!' is not valid"),
         (["eval", "cli-run", "--iteration", "7"], "has no completed eval at iteration 7"),
         (["export", "cli-run", "dpo", "--out", "pairs.txt"], "--out for dpo must end in .parquet or .jsonl"),
+        (["run", "--engine", "spark"], "engine must be one of ['threads', 'dask', 'ray', 'deployment'], got 'spark'"),
+        (["run", "--shards", "0"], "shards must be a positive integer, got 0"),
+        (["run", "--engine", "dask", "--set", "engine_options={address: 'tcp://127.0.0.1:1'}"],
+         "engine 'dask': cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
     ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(finished_run, capsys, argv, message):

@@ -4,7 +4,10 @@ concurrent processes (each shard its own entry file)."""
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -61,26 +64,30 @@ def test_activation_pairs_merge_in_pair_then_token_order(store):
         store.load_activation_pairs([a, twice], 2)
 
 
-def _complete_shard(url: str, shard: int, barrier) -> None:
-    store = ArtifactStore.open(url)
-    manifest = Manifest.load(store, "run")
-    phase = shard_phase("generations", shard, 4)
-    barrier.wait()
-    manifest.start(1, phase, config_hash="c")
-    out = store.write_bytes(store.uri("run", 1, phase, "txt"), f"shard {shard}")
-    manifest.complete(1, phase, {"generations": out})
+COMPLETE_SHARD = """
+import os, sys, time
+from storage import ArtifactStore, Manifest, shard_phase
+url, shard, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+store = ArtifactStore.open(url)
+manifest = Manifest.load(store, "run")
+phase = shard_phase("generations", shard, 4)
+while not os.path.exists(go):
+    time.sleep(0.005)
+manifest.start(1, phase, config_hash="c")
+out = store.write_bytes(store.uri("run", 1, phase, "txt"), f"shard {shard}")
+manifest.complete(1, phase, {"generations": out})
+"""
 
 
-def test_shards_completing_at_once_in_four_processes_lose_no_entry(store):
+def test_shards_completing_at_once_in_four_processes_lose_no_entry(store, tmp_path):
     Manifest.load_or_create(store, "run", config={"a": 1})
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(4)
-    workers = [context.Process(target=_complete_shard, args=(store.url, i, barrier)) for i in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(60)
-    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    go = tmp_path / "go"
+    workers = [subprocess.Popen([sys.executable, "-c", COMPLETE_SHARD, store.url, str(i), str(go)], env=os.environ.copy(),
+                                stderr=subprocess.PIPE, text=True) for i in range(4)]
+    time.sleep(3)  # let the four processes import and wait at the start line
+    go.write_text("go")
+    errors = [w.communicate(timeout=120)[1] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0, 0], errors
     manifest = Manifest.load(store, "run")
     phases = [shard_phase("generations", i, 4) for i in range(4)]
     assert [manifest.entry(1, p).status for p in phases] == ["completed"] * 4
