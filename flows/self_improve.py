@@ -31,7 +31,7 @@ from storage import ArtifactStore, Manifest, validate_run_id
 from tasks.buffer import build_buffer
 from tasks.evaluate import evaluate_policy
 from tasks.fit import fit_steering_set
-from tasks.engine import check_engine, run_units, task_runner_for
+from tasks.engine import check_engine, prepare_workers, run_units, task_runner_for
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import sample_iteration_prompts, split_prompt_set
 from tasks.report import write_report
@@ -121,6 +121,7 @@ def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple
     def sharded(ctx: PhaseContext, unit: str, **arguments: Any) -> list[str]:
         return run_units(ctx, unit, [{**arguments, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)])
 
+    prepare_workers(cfg)
     progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(run_id, "progress"),
                                            description=f"SIMS run {run_id}: iterations done")
     split_uri = split_prompt_set(context(0))

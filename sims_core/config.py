@@ -254,6 +254,9 @@ class SimsConfig:
             if local_only:
                 raise ConfigError(f"engine_options {local_only} size a local Dask cluster and cannot be combined with "
                                   f"address={self.engine_options['address']!r} (an existing scheduler)")
+        if self.engine == "ray" and "address" in self.engine_options and "num_cpus" in self.engine_options:
+            raise ConfigError(f"engine_options.num_cpus sizes a local Ray instance and cannot be combined with "
+                              f"address={self.engine_options['address']!r} (an existing cluster)")
         if self.engine == "deployment" and "/" not in self.engine_options.get("deployment", "sims-shard/gpu"):
             raise ConfigError(f"engine_options.deployment must name a deployment as 'flow-name/deployment-name', "
                               f"got {self.engine_options['deployment']!r}")

@@ -34,6 +34,7 @@ __all__ = [
     "EngineError",
     "ShardsFailed",
     "check_engine",
+    "prepare_workers",
     "run_remote",
     "run_units",
     "task_runner_for",
@@ -77,6 +78,20 @@ def _require(module: str, package: str, engine: str) -> Any:
                           f"(or `pip install -e '.[{engine}]'`); import failed: {exc}") from None
 
 
+def _api_env() -> dict[str, str]:
+    """Worker processes of a local cluster report to the API this flow reports to; without it
+    (Prefect's ephemeral server, no PREFECT_API_URL), each would start a server of its own."""
+    if os.environ.get("PREFECT_API_URL"):
+        return {}  # inherited by the worker processes
+    try:
+        from prefect.client.orchestration import get_client
+
+        url = str(get_client().api_url)
+    except Exception:  # noqa: BLE001 - no API: workers fall back to their own ephemeral servers
+        return {}
+    return {"PREFECT_API_URL": url.rstrip("/")} if url.startswith("http") else {}
+
+
 def task_runner_for(cfg: SimsConfig) -> TaskRunner:
     """The Prefect task runner that runs the shards of ``cfg.engine``."""
     options = cfg.engine_options
@@ -88,15 +103,30 @@ def task_runner_for(cfg: SimsConfig) -> TaskRunner:
             return prefect_dask.DaskTaskRunner(address=options["address"])
         cluster = {"n_workers": options.get("n_workers", min(cfg.shards, os.cpu_count() or 1)),
                    "threads_per_worker": options.get("threads_per_worker", 1),
-                   "processes": options.get("processes", True), "dashboard_address": None}
+                   "processes": options.get("processes", True), "dashboard_address": None, "env": _api_env()}
         return prefect_dask.DaskTaskRunner(cluster_kwargs=cluster)
     if cfg.engine == "ray":
         prefect_ray = _require("prefect_ray", "prefect-ray", "ray")
-        init = {"include_dashboard": False}
+        init: dict[str, Any] = {"include_dashboard": False}
         if "num_cpus" in options:
             init["num_cpus"] = options["num_cpus"]
+        if "address" not in options and _api_env():
+            init["runtime_env"] = {"env_vars": _api_env()}
         return prefect_ray.RayTaskRunner(address=options.get("address"), init_kwargs=init)
     raise ConfigError(f"engine must be one of threads, dask, ray, deployment, got {cfg.engine!r}")
+
+
+def prepare_workers(cfg: SimsConfig) -> None:
+    """Inside a flow running on ``cfg``'s task runner: what workers need before the first shard
+    (Dask: the import-path plugin of `tasks.dask_workers`, on current and future workers)."""
+    if cfg.engine != "dask":
+        return
+    from prefect.context import FlowRunContext
+
+    from tasks.dask_workers import SimsImportPath
+
+    runner = FlowRunContext.get().task_runner
+    runner.client.register_plugin(SimsImportPath())  # starts the cluster if it has not started
 
 
 # ------------------------------------------------------------------ checks before any work

@@ -108,3 +108,27 @@ def test_user_mistakes_get_one_line_and_exit_2(finished_run, capsys, argv, messa
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_sims_run_on_a_local_dask_cluster_as_a_user_runs_it(tiny_model_dir, tmp_path):
+    """The installed `sims` script in a fresh directory (no pytest sys.path): Dask workers put their
+    scratch directory, which holds a `storage` spill folder, first on sys.path."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sims = str(Path(sys.executable).with_name("sims"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_API_URL")}
+    argv = [sims, "run", "--run-id", "dask", "--store", str(tmp_path / "runs"), "--shards", "2", "--engine", "dask",
+            "--set", "engine_options={n_workers: 2, retries: 0}", "--set", f"model={tiny_model_dir}",
+            "--set", "iterations=1", "--set", "num_prompts=4", "--set", "num_samples=2", "--set", "max_new_tokens=4",
+            "--set", "max_eval_prompts=2", "--set", "max_val_prompts=2", "--set", "eval_samples=1", "--set", "controls=false"]
+    done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "held-out win rate" in done.stdout
+    assert done.stderr.count("Starting temporary server") == 1  # the workers report to the flow's server
+    from storage import ArtifactStore, Manifest
+
+    manifest = Manifest.load(ArtifactStore.open(str(tmp_path / "runs")), "dask")
+    assert [e.status for e in manifest.entries if "shard" in e.phase] == ["completed"] * 6

@@ -26,6 +26,7 @@ def test_defaults_run_one_shard_on_threads_and_join_no_phase_key():
     ({"engine": "dask", "engine_options": {"processes": "yes"}}, "engine_options.processes must be true or false"),
     ({"engine": "threads", "engine_options": {"retries": -1}}, "engine_options.retries must be an integer >= 0"),
     ({"engine": "dask", "engine_options": {"address": "tcp://h:8786", "n_workers": 2}}, "cannot be combined with address"),
+    ({"engine": "ray", "engine_options": {"address": "ray://h:10001", "num_cpus": 2}}, "cannot be combined with address"),
     ({"engine": "deployment", "engine_options": {"deployment": "gpu"}}, "'flow-name/deployment-name'"),
     ({"engine_options": []}, "engine_options must be a mapping"),
 ])
