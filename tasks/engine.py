@@ -179,9 +179,17 @@ def check_engine(cfg: SimsConfig, *, with_api: bool = True) -> None:
 
 
 # ------------------------------------------------------------------ running units
+def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
+    """A lost worker, an out-of-memory error or a flaky store may pass on a retry; a bad input
+    (ValueError / TypeError: a prompt longer than the context, a malformed artifact) will not."""
+    error = state.result(raise_on_failure=False)
+    return not isinstance(error, (ValueError, TypeError))
+
+
 def _retry_options(cfg: SimsConfig) -> dict[str, Any]:
     return {"retries": cfg.engine_options.get("retries", DEFAULT_RETRIES),
-            "retry_delay_seconds": cfg.engine_options.get("retry_delay_seconds", 0)}
+            "retry_delay_seconds": cfg.engine_options.get("retry_delay_seconds", 0),
+            "retry_condition_fn": _worth_retrying}
 
 
 def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> list[Any]:
@@ -195,7 +203,8 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
     log = phase_logger()
     names = [_phase_name(unit, call) for call in calls]
     if cfg.engine == "deployment":
-        futures = [_remote_task(cfg, name).submit(ctx, unit, call) for name, call in zip(names, calls)]
+        futures = [run_remote.with_options(task_run_name=f"dispatch-{name}").submit(ctx, unit, call)
+                   for name, call in zip(names, calls)]
     else:
         base = unit_task(unit)
         futures = []
@@ -237,10 +246,6 @@ def _submit(cfg: SimsConfig, configured: Any, ctx: PhaseContext, call: dict[str,
 
 
 # ------------------------------------------------------------------ the deployment engine
-def _remote_task(cfg: SimsConfig, name: str):
-    return run_remote.with_options(task_run_name=f"dispatch-{name}")
-
-
 def idempotency_key(ctx: PhaseContext, unit: str, call: dict[str, Any], attempt: int) -> str:
     """One key per (run, iteration, phase, shard, inputs and config): a second orchestrator (or a
     retried one) attaches to the flow run already started for a shard instead of starting

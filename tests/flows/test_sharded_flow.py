@@ -143,3 +143,16 @@ def test_a_missing_phase_deployment_is_refused_before_any_work(prefect_harness, 
         self_improve(run_id="sharding", config={**sharded_config, "store": str(tmp_path / "runs"), "engine": "deployment",
                                                 "engine_options": {"deployment": "sims-phase/nowhere"}})
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_input_is_not_retried(prefect_harness, sharded_config, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def refuse(lm, prompts, **kwargs):
+        calls["n"] += 1
+        raise ValueError("prompt 0 has 999 tokens: too long")
+
+    monkeypatch.setattr(tasks.generate, "generate", refuse)
+    with pytest.raises(ShardsFailed, match="1 of 1 generations shard\\(s\\) failed \\(generations: ValueError: prompt 0 has 999"):
+        self_improve(run_id="sharding", config={**sharded_config, "iterations": 1, "store": str(tmp_path / "runs")})
+    assert calls["n"] == 1  # the default retry is for lost workers and flaky stores, not for bad input
