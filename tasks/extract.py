@@ -42,7 +42,7 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
         per_token = cfg.learner in TOKEN_LEARNERS
         skipped_tokens = 0
         with exclusive(lm), store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer, \
-                progress_bar(total=len(pairs), desc="extracting activations", unit="pair") as bar:
+                progress_bar(total=len(pairs), desc="extracting activations" if shards == 1 else f"extracting ({phase})", unit="pair") as bar:
             start = 0
             for group in groups:  # one batch each: the same batches whatever the number of shards
                 chunk = pairs.iloc[start:start + len(group)]

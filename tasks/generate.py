@@ -53,8 +53,9 @@ def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | No
         steering = load_steering(ctx.store, steering_uri, lm) if steering_uri else None
         order = [i for group in groups for i in group]
         out = []
+        desc = "generating" if shards == 1 else f"generating ({phase})"
         with exclusive(lm), policy(lm, steering, cfg.positions), \
-                progress_bar(total=len(order) * cfg.num_samples, desc=f"generating ({phase})", unit="answer") as bar:
+                progress_bar(total=len(order) * cfg.num_samples, desc=desc, unit="answer") as bar:
             for group in groups:  # one batch each: the same batches whatever the number of shards
                 out += generate(
                     lm, prompts["prompt"].iloc[group].tolist(), num_samples=cfg.num_samples,

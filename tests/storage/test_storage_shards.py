@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from storage import ArtifactStore, Manifest, shard_phase, split_shard_phase
+from storage import Manifest, shard_phase, split_shard_phase
 from storage.layout import phase_sort_key
 
 
