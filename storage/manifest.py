@@ -305,7 +305,10 @@ class Manifest:
             return self._commit(mutate)
         uri = self._sidecar_uri(iteration, phase)
         with _lock_for(uri):
-            self.reload()
+            try:  # only this shard writes this file: its previous state is all the update needs
+                self._entries[(iteration, phase)] = PhaseEntry.from_dict(json.loads(_a.read_bytes(self.store, uri)))
+            except FileNotFoundError:
+                self._entries.pop((iteration, phase), None)
             entry = mutate(self)
             text = json.dumps(entry.to_dict(), indent=2, default=_json_default)
             _a.write_bytes(self.store, uri, text + "\n")

@@ -45,8 +45,7 @@ DEFAULT_DEPLOYMENT = "sims-phase/gpu"
 DEFAULT_RETRIES = 1
 # The units a worker can run: the three sharded phases, plus fit and eval (run remotely only with
 # the deployment engine, so that the orchestrator never loads the model).
-SHARDED_UNITS = ("generations", "rankings", "activations")
-UNITS = SHARDED_UNITS + ("steering", "eval")
+UNITS = ("generations", "rankings", "activations", "steering", "eval")
 
 
 class EngineError(RuntimeError):
@@ -110,8 +109,9 @@ def task_runner_for(cfg: SimsConfig) -> TaskRunner:
         init: dict[str, Any] = {"include_dashboard": False}
         if "num_cpus" in options:
             init["num_cpus"] = options["num_cpus"]
-        if "address" not in options and _api_env():
-            init["runtime_env"] = {"env_vars": _api_env()}
+        env = {} if "address" in options else _api_env()
+        if env:
+            init["runtime_env"] = {"env_vars": env}
         return prefect_ray.RayTaskRunner(address=options.get("address"), init_kwargs=init)
     raise ConfigError(f"engine must be one of threads, dask, ray, deployment, got {cfg.engine!r}")
 
@@ -279,7 +279,6 @@ def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
     log = phase_logger()
     failures = 0
     attempt = 0
-    last_state = None
     while True:
         key = idempotency_key(ctx, unit, call, attempt)
         flow_run = _create_or_attach(name, parameters, key)

@@ -52,9 +52,14 @@ def running_prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
             time.sleep(1)
         yield env
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a background process; kill it if it has not exited after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()

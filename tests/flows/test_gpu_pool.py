@@ -16,7 +16,7 @@ from flows.self_improve import self_improve
 from tasks.engine import ShardsFailed, idempotency_key
 from tasks.phase import PhaseContext
 
-from prefect_server import PREFECT, ROOT, prefect_cli
+from prefect_server import PREFECT, ROOT, prefect_cli, stop
 from sharding_helpers import assert_same_artifacts, merged_artifacts
 
 ORCHESTRATE = """
@@ -70,11 +70,7 @@ def test_an_orchestrator_runs_every_unit_on_the_gpu_pool(prefect_server, prefect
         assert again["win_rate"] == first["win_rate"]
         assert _line(_python(env, COUNT_RUNS), "RUNS") == runs  # same keys: attached, no new flow run
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
         log.close()
 
     self_improve(run_id="remote", config={**config, "store": str(tmp_path / "local")})
