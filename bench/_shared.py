@@ -10,11 +10,21 @@ import torch
 __all__ = ["PROMPTS", "no_stop"]
 
 PROMPTS = [
-    "What is the capital of France?", "Give me one tip for better sleep.", "Write a haiku about rain.",
-    "Explain photosynthesis to a child.", "How do I boil an egg?", "Name three primary colors.",
-    "Why is the sky blue?", "Suggest a name for a pet turtle.", "What does a compiler do?",
-    "How many legs does a spider have?", "Describe a sunset in one sentence.", "What is 12 times 12?",
-    "Give a synonym for happy.", "What is the boiling point of water?", "Recommend a book for a long trip.",
+    "What is the capital of France?",
+    "Give me one tip for better sleep.",
+    "Write a haiku about rain.",
+    "Explain photosynthesis to a child.",
+    "How do I boil an egg?",
+    "Name three primary colors.",
+    "Why is the sky blue?",
+    "Suggest a name for a pet turtle.",
+    "What does a compiler do?",
+    "How many legs does a spider have?",
+    "Describe a sunset in one sentence.",
+    "What is 12 times 12?",
+    "Give a synonym for happy.",
+    "What is the boiling point of water?",
+    "Recommend a book for a long trip.",
     "How can I save money on groceries?",
 ]
 

@@ -47,7 +47,9 @@ def main() -> None:
         result = judge_sanity(oracle, prompts, answers, seed=0)
         per = (time.perf_counter() - start) / (2 * len(prompts))
         first = "-" if result.first_position_rate is None else f"{result.first_position_rate:.2f}"
-        print(f"{name:<12} {result.n:>3} {result.matched_rate:>8.2f} {result.order_agreement:>12.2f} {first:>10} {per:>10.3f}")
+        print(
+            f"{name:<12} {result.n:>3} {result.matched_rate:>8.2f} {result.order_agreement:>12.2f} {first:>10} {per:>10.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,15 @@ def plain_loop(cfg) -> float:
     for t in range(1, cfg.iterations + 1):
         prompts = [r.prompt for r in sample_prompts(records, cfg.num_prompts, cfg.seed, t).records]
         context = steer(lm, steering) if steering is not None else None
-        answers = generate(lm, prompts, num_samples=cfg.num_samples, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, seed=derive_seed(cfg.seed, t, "generations"), progress=False)
+        answers = generate(
+            lm,
+            prompts,
+            num_samples=cfg.num_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            seed=derive_seed(cfg.seed, t, "generations"),
+            progress=False,
+        )
         if context is not None:
             context.remove()
         texts = [[a.text for a in row] for row in answers]
@@ -67,7 +74,9 @@ def plain_loop(cfg) -> float:
         groups = []
         for alpha in (None, *cfg.alpha_grid):
             context = steer(lm, fitted, alpha=alpha) if alpha is not None else None
-            groups.append([a[0].text for a in generate(lm, val, max_new_tokens=cfg.max_new_tokens, seed=t, progress=False)])
+            groups.append(
+                [a[0].text for a in generate(lm, val, max_new_tokens=cfg.max_new_tokens, seed=t, progress=False)]
+            )
             if context is not None:
                 context.remove()
         val_scores = oracle.score(val, [list(g) for g in zip(*groups)])
@@ -75,9 +84,17 @@ def plain_loop(cfg) -> float:
         best = max((means[j + 1], alpha) for j, alpha in enumerate(cfg.alpha_grid))
         fitted.alpha = best[1]
         steering = fitted
-        evaluate(lm, held_out, steering, judge=judge, num_samples=cfg.eval_samples, max_new_tokens=cfg.max_new_tokens,
-                 seed=derive_seed(cfg.seed, 0, "eval"), controls=() if t < cfg.iterations else ("low_temperature",),
-                 progress=False)
+        evaluate(
+            lm,
+            held_out,
+            steering,
+            judge=judge,
+            num_samples=cfg.eval_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=derive_seed(cfg.seed, 0, "eval"),
+            controls=() if t < cfg.iterations else ("low_temperature",),
+            progress=False,
+        )
         torch.manual_seed(t)
     return time.perf_counter() - start
 
@@ -99,8 +116,17 @@ def bench_overhead() -> None:
     for name, (model_size, sizes) in CONFIGS.items():
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = str(save_tiny_model(Path(tmp) / "tiny", "llama", **model_size))
-            values = {"model": model_dir, "store": str(Path(tmp) / "runs"), "iterations": 2, "num_samples": 4,
-                      "max_val_prompts": 6, "eval_samples": 2, "alphas": [1.0, 4.0], "top_k": 1, **sizes}
+            values = {
+                "model": model_dir,
+                "store": str(Path(tmp) / "runs"),
+                "iterations": 2,
+                "num_samples": 4,
+                "max_val_prompts": 6,
+                "eval_samples": 2,
+                "alphas": [1.0, 4.0],
+                "top_k": 1,
+                **sizes,
+            }
             cfg = SimsConfig.from_dict(values)
             plain_loop(cfg)  # warm caches (tokenizer, MiniLM, torch kernels)
             start = time.perf_counter()
@@ -113,18 +139,26 @@ def bench_overhead() -> None:
                 times_flow.append(time.perf_counter() - start)
                 times_plain.append(plain_loop(cfg))
         flow, plain = min(times_flow), min(times_plain)
-        print(f"  {name} (tiny llama {model_size}, {sizes['num_prompts']} prompts x 4 samples x {sizes['max_new_tokens']} tokens):")
+        print(
+            f"  {name} (tiny llama {model_size}, {sizes['num_prompts']} prompts x 4 samples x {sizes['max_new_tokens']} tokens):"
+        )
         print(f"    plain sims_core loop  {plain:6.1f} s")
-        print(f"    self_improve flow     {flow:6.1f} s -> {flow / plain:.2f}x (target <= 1.15x) "
-              f"{'PASS' if flow / plain <= 1.15 else 'MISS'}; overhead {flow - plain:.1f} s")
+        print(
+            f"    self_improve flow     {flow:6.1f} s -> {flow / plain:.2f}x (target <= 1.15x) "
+            f"{'PASS' if flow / plain <= 1.15 else 'MISS'}; overhead {flow - plain:.1f} s"
+        )
         print(f"    first flow run in the process (starts Prefect's ephemeral server) {first:.1f} s")
 
 
 def bench_demo() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        done = subprocess.run([str(Path(sys.executable).with_name("sims")), "run", "--store", tmp, "--run-id", "demo"],
-                              capture_output=True, text=True, env={**os.environ, "SIMS_PROGRESS": "0"})
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("sims")), "run", "--store", tmp, "--run-id", "demo"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SIMS_PROGRESS": "0"},
+        )
         wall = time.perf_counter() - start
         if done.returncode != 0:
             print(done.stdout[-3000:], done.stderr[-3000:])
@@ -138,15 +172,33 @@ def bench_demo() -> None:
         table = iteration_table(ctx, SimsConfig().iterations)
         report = ArtifactStore.open(tmp).read_bytes(ArtifactStore.open(tmp).report_uri("demo")).decode()
     print(f"default demo (`sims run`): wall time {wall:.0f} s (target <= 600 s) {'PASS' if wall <= 600 else 'MISS'}")
-    columns = [c for c in ("iteration", "oracle_score", "layers", "alpha", "win_rate", "ci_low", "ci_high", "lc_win_rate",
-                           "random_direction_win_rate", "low_temperature_win_rate", "mean_length",
-                           "reference_mean_length", "judge_matched_rate") if c in table.columns]
+    columns = [
+        c
+        for c in (
+            "iteration",
+            "oracle_score",
+            "layers",
+            "alpha",
+            "win_rate",
+            "ci_low",
+            "ci_high",
+            "lc_win_rate",
+            "random_direction_win_rate",
+            "low_temperature_win_rate",
+            "mean_length",
+            "reference_mean_length",
+            "judge_matched_rate",
+        )
+        if c in table.columns
+    ]
     print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     last = table.iloc[-1]
     controls = [last.get("random_direction_win_rate"), last.get("low_temperature_win_rate")]
     ahead = all(c is not None and last["win_rate"] > c for c in controls)
-    print(f"final win rate {last['win_rate']:.3f} (target >= 0.60 and ahead of both controls): "
-          f"{'PASS' if last['win_rate'] >= 0.6 and ahead else 'MISS'}")
+    print(
+        f"final win rate {last['win_rate']:.3f} (target >= 0.60 and ahead of both controls): "
+        f"{'PASS' if last['win_rate'] >= 0.6 and ahead else 'MISS'}"
+    )
     print(json.dumps({"report_head": report.splitlines()[:6]}, indent=1))
 
 

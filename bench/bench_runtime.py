@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("SIMS_PROGRESS", "0")
 
 import torch  # noqa: E402
-
 from _shared import PROMPTS, no_stop  # noqa: E402
-from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 
+from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 
 
 def best_of(fn, repeats):
@@ -53,8 +52,8 @@ def bench_capture(lm, repeats):
             ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id)
             mask = torch.zeros_like(ids)
             for i, r in enumerate(rows):
-                ids[i, width - len(r):] = torch.tensor(r)
-                mask[i, width - len(r):] = 1
+                ids[i, width - len(r) :] = torch.tensor(r)
+                mask[i, width - len(r) :] = 1
             out = lm.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
             _ = [out.hidden_states[layer + 1] for layer in layers]
 
@@ -64,8 +63,10 @@ def bench_capture(lm, repeats):
         t_ours = min(t_ours, best_of(ours, 1))
         t_naive = min(t_naive, best_of(naive, 1))
     ratio = t_naive / t_ours
-    print(f"capture: ours {t_ours:.3f}s vs naive full forward {t_naive:.3f}s on {len(PROMPTS)} pairs, "
-          f"layers {layers} -> {ratio:.2f}x faster (target >= 1.3x) {'PASS' if ratio >= 1.3 else 'MISS'}")
+    print(
+        f"capture: ours {t_ours:.3f}s vs naive full forward {t_naive:.3f}s on {len(PROMPTS)} pairs, "
+        f"layers {layers} -> {ratio:.2f}x faster (target >= 1.3x) {'PASS' if ratio >= 1.3 else 'MISS'}"
+    )
 
 
 def bench_steered_generation(lm, repeats, tokens):
@@ -79,6 +80,7 @@ def bench_steered_generation(lm, repeats, tokens):
                     generate(lm, PROMPTS, max_new_tokens=tokens, temperature=0.8, seed=1, batch_size=16, progress=False)
             else:
                 generate(lm, PROMPTS, max_new_tokens=tokens, temperature=0.8, seed=1, batch_size=16, progress=False)
+
         return go
 
     total = len(PROMPTS) * tokens
@@ -89,8 +91,10 @@ def bench_steered_generation(lm, repeats, tokens):
             t_plain = min(t_plain, best_of(run(False), 1))
             t_steer = min(t_steer, best_of(run(True), 1))
     ratio = t_plain / t_steer
-    print(f"steered generation: {total / t_steer:.1f} tok/s steered vs {total / t_plain:.1f} tok/s plain "
-          f"({len(PROMPTS)} x {tokens} tokens) -> {ratio:.3f}x (target >= 0.97x) {'PASS' if ratio >= 0.97 else 'MISS'}")
+    print(
+        f"steered generation: {total / t_steer:.1f} tok/s steered vs {total / t_plain:.1f} tok/s plain "
+        f"({len(PROMPTS)} x {tokens} tokens) -> {ratio:.3f}x (target >= 0.97x) {'PASS' if ratio >= 0.97 else 'MISS'}"
+    )
 
 
 def bench_batch_sizes(lm, tokens, sizes, repeats):
@@ -101,11 +105,18 @@ def bench_batch_sizes(lm, tokens, sizes, repeats):
         for _ in range(repeats):
             for size in sizes:
                 batch = prompts[:size]
-                elapsed = best_of(lambda: generate(lm, batch, max_new_tokens=tokens, temperature=0.8, seed=2, batch_size=size, progress=False), 1)
+                elapsed = best_of(
+                    lambda: generate(
+                        lm, batch, max_new_tokens=tokens, temperature=0.8, seed=2, batch_size=size, progress=False
+                    ),
+                    1,
+                )
                 best[size] = min(best[size], elapsed)
     rates = {size: size * tokens / best[size] for size in sizes}
     for size in sizes:
-        print(f"sampling throughput, batch {size:>3}: {rates[size]:6.1f} tok/s ({rates[size] / rates[sizes[0]]:.2f}x batch {sizes[0]})")
+        print(
+            f"sampling throughput, batch {size:>3}: {rates[size]:6.1f} tok/s ({rates[size] / rates[sizes[0]]:.2f}x batch {sizes[0]})"
+        )
 
 
 def main() -> None:
@@ -118,7 +129,9 @@ def main() -> None:
     print(f"model: {lm.name}, {lm.num_layers} layers, hidden {lm.hidden_size}, torch threads {torch.get_num_threads()}")
     bench_capture(lm, repeats)
     bench_steered_generation(lm, repeats, tokens=16 if args.quick else 32)
-    bench_batch_sizes(lm, tokens=16 if args.quick else 24, sizes=[8, 16, 32] if args.quick else [8, 16, 32, 64], repeats=repeats // 2)
+    bench_batch_sizes(
+        lm, tokens=16 if args.quick else 24, sizes=[8, 16, 32] if args.quick else [8, 16, 32, 64], repeats=repeats // 2
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def _prepare(cfg, store: str, run_id: str):
 
 
 def _calls(cfg, prompts_uri: str) -> list[dict]:
-    return [{"prompts_uri": prompts_uri, "steering_uri": None, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)]
+    return [
+        {"prompts_uri": prompts_uri, "steering_uri": None, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)
+    ]
 
 
 def engine_times(cfg, store: str, label: str, reps: int) -> list[float]:
@@ -94,8 +96,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sims-bench-scaleout-"))
     model = str(save_tiny_model(work / "model", "llama", hidden=256, layers=4, heads=4))
-    heavy = SimsConfig(model=model, num_prompts=32, num_samples=4, max_new_tokens=32, batch_size=16, shards=4,
-                       engine_options={"retries": 0})
+    heavy = SimsConfig(
+        model=model,
+        num_prompts=32,
+        num_samples=4,
+        max_new_tokens=32,
+        batch_size=16,
+        shards=4,
+        engine_options={"retries": 0},
+    )
     engines = {
         "dask-1-worker": heavy.replace(engine="dask", engine_options={"n_workers": 1, "retries": 0}),
         "dask-2-workers": heavy.replace(engine="dask", engine_options={"n_workers": 2, "retries": 0}),
@@ -107,23 +116,45 @@ def main() -> None:
         for round_ in range(2):  # alternate engines: noise on a shared machine hits all of them
             for name, cfg in engines.items():
                 results[name] += engine_times(cfg, str(work / f"store-{name}-{round_}"), f"{name}-{round_}", args.reps)
-        print(f"throughput: generation phase, {answers} answers x {heavy.max_new_tokens} tokens, "
-              f"{heavy.shards} shards, tiny llama d=256 (median of {2 * args.reps})")
+        print(
+            f"throughput: generation phase, {answers} answers x {heavy.max_new_tokens} tokens, "
+            f"{heavy.shards} shards, tiny llama d=256 (median of {2 * args.reps})"
+        )
         medians = {name: statistics.median(times) for name, times in results.items()}
         for name, seconds in medians.items():
-            print(f"  {name:15s} {seconds:6.2f} s  {answers / seconds:7.1f} answers/s   runs: "
-                  + ", ".join(f"{t:.2f}" for t in results[name]))
-        print(f"  2 workers / 1 worker throughput: {medians['dask-1-worker'] / medians['dask-2-workers']:.2f}x; "
-              f"2 workers / threads engine: {medians['threads'] / medians['dask-2-workers']:.2f}x")
+            print(
+                f"  {name:15s} {seconds:6.2f} s  {answers / seconds:7.1f} answers/s   runs: "
+                + ", ".join(f"{t:.2f}" for t in results[name])
+            )
+        print(
+            f"  2 workers / 1 worker throughput: {medians['dask-1-worker'] / medians['dask-2-workers']:.2f}x; "
+            f"2 workers / threads engine: {medians['threads'] / medians['dask-2-workers']:.2f}x"
+        )
 
-        light = SimsConfig(model=model, num_prompts=16, num_samples=2, max_new_tokens=1, batch_size=2, shards=16,
-                           engine_options={"retries": 0})
+        light = SimsConfig(
+            model=model,
+            num_prompts=16,
+            num_samples=2,
+            max_new_tokens=1,
+            batch_size=2,
+            shards=16,
+            engine_options={"retries": 0},
+        )
         direct = direct_time(light, str(work / "store-direct"))
-        print(f"overhead: {light.shards} shards of one prompt, two 1-token answers; direct calls {direct:.2f} s "
-              f"({1000 * direct / light.shards:.0f} ms per shard)")
-        for name, cfg in (("threads", light), ("dask-2-workers", light.replace(engine="dask", engine_options={"n_workers": 2, "retries": 0}))):
-            seconds = statistics.median(engine_times(cfg, str(work / f"store-light-{name}"), f"light-{name}", args.reps))
-            print(f"  {name:15s} {seconds:6.2f} s: {1000 * (seconds - direct) / light.shards:+.0f} ms per shard over direct calls")
+        print(
+            f"overhead: {light.shards} shards of one prompt, two 1-token answers; direct calls {direct:.2f} s "
+            f"({1000 * direct / light.shards:.0f} ms per shard)"
+        )
+        for name, cfg in (
+            ("threads", light),
+            ("dask-2-workers", light.replace(engine="dask", engine_options={"n_workers": 2, "retries": 0})),
+        ):
+            seconds = statistics.median(
+                engine_times(cfg, str(work / f"store-light-{name}"), f"light-{name}", args.reps)
+            )
+            print(
+                f"  {name:15s} {seconds:6.2f} s: {1000 * (seconds - direct) / light.shards:+.0f} ms per shard over direct calls"
+            )
 
 
 if __name__ == "__main__":

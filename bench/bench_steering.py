@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("SIMS_PROGRESS", "0")
 
 import torch  # noqa: E402
-
 from _shared import PROMPTS, no_stop  # noqa: E402
+
 from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 from sims_core.steering import align_pairs, fit_steering  # noqa: E402
 from sims_core.steering.hpr import HPR, _HPRNet, angle_between, hpr_loss, pseudo_rotate  # noqa: E402
@@ -78,11 +78,23 @@ def dense_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> None:
         w = net.probe.weight[0]
         householder = eye - 2.0 * torch.outer(w, w) / (w @ w)
         reflected = x @ householder.T  # d x d: O(d^2) per vector
-        loss = hpr_loss(logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]]))
+        loss = hpr_loss(
+            logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]])
+        )
         return loss + 0.0 * reflected.sum()
 
-    train_pairs(net, n, loss_fn, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup=cfg.warmup,
-                schedule=cfg.schedule, seed=seed, on_step=lambda k: None)
+    train_pairs(
+        net,
+        n,
+        loss_fn,
+        lr=cfg.lr,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        warmup=cfg.warmup,
+        schedule=cfg.schedule,
+        seed=seed,
+        on_step=lambda k: None,
+    )
 
 
 def ours_with_reflection_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> None:
@@ -98,11 +110,23 @@ def ours_with_reflection_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) ->
         logits, angles = net(x)
         w = net.probe.weight[0]
         reflected = x - (2.0 * (x @ w) / (w @ w)).unsqueeze(-1) * w
-        loss = hpr_loss(logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]]))
+        loss = hpr_loss(
+            logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]])
+        )
         return loss + 0.0 * reflected.sum()
 
-    train_pairs(net, n, loss_fn, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup=cfg.warmup,
-                schedule=cfg.schedule, seed=seed, on_step=lambda k: None)
+    train_pairs(
+        net,
+        n,
+        loss_fn,
+        lr=cfg.lr,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        warmup=cfg.warmup,
+        schedule=cfg.schedule,
+        seed=seed,
+        on_step=lambda k: None,
+    )
 
 
 def bench_fit(pairs: int, repeats: int) -> None:
@@ -124,11 +148,13 @@ def bench_fit(pairs: int, repeats: int) -> None:
         best["ours+O(d) reflect"] = min(best["ours+O(d) reflect"], timed(lambda: ours_with_reflection_fit(pos, neg, 0)))
         best["dense d x d"] = min(best["dense d x d"], timed(lambda: dense_fit(pos, neg, 0)))
     steps = 5 * math.ceil(pairs / 16)
-    print(f"HPR fit, {pairs} pairs, hidden {d}, {steps} steps, 1 layer: ours {best['ours']:.2f}s/layer, "
-          f"ours + O(d) reflection {best['ours+O(d) reflect']:.2f}s, dense d x d Householder {best['dense d x d']:.2f}s "
-          f"-> dense/ours {best['dense d x d'] / best['ours']:.2f}x, dense/(ours+reflect) "
-          f"{best['dense d x d'] / best['ours+O(d) reflect']:.2f}x (target > 1) "
-          f"{'PASS' if best['dense d x d'] > best['ours'] else 'MISS'}")
+    print(
+        f"HPR fit, {pairs} pairs, hidden {d}, {steps} steps, 1 layer: ours {best['ours']:.2f}s/layer, "
+        f"ours + O(d) reflection {best['ours+O(d) reflect']:.2f}s, dense d x d Householder {best['dense d x d']:.2f}s "
+        f"-> dense/ours {best['dense d x d'] / best['ours']:.2f}x, dense/(ours+reflect) "
+        f"{best['dense d x d'] / best['ours+O(d) reflect']:.2f}x (target > 1) "
+        f"{'PASS' if best['dense d x d'] > best['ours'] else 'MISS'}"
+    )
     fn = fitted["fn"]
     probe_acc = ((pos @ fn.probe_weight > 0).float().mean() + (neg @ fn.probe_weight < 0).float().mean()).item() / 2
     h = neg[:4096]
@@ -143,8 +169,10 @@ def bench_fit(pairs: int, repeats: int) -> None:
 
     t_ours = min(timed(lambda: pseudo_rotate(h, w, a)) for _ in range(20))
     t_dense = min(timed(apply_dense) for _ in range(20))
-    print(f"  fitted probe training accuracy {probe_acc:.3f}; applying the rotation to {h.shape[0]} vectors: "
-          f"ours {t_ours * 1e3:.2f} ms vs dense {t_dense * 1e3:.2f} ms -> {t_dense / t_ours:.1f}x")
+    print(
+        f"  fitted probe training accuracy {probe_acc:.3f}; applying the rotation to {h.shape[0]} vectors: "
+        f"ours {t_ours * 1e3:.2f} ms vs dense {t_dense * 1e3:.2f} ms -> {t_dense / t_ours:.1f}x"
+    )
 
 
 def bench_steered_generation(lm, repeats: int, tokens: int) -> None:
@@ -156,18 +184,25 @@ def bench_steered_generation(lm, repeats: int, tokens: int) -> None:
     start = time.perf_counter()
     s = fit_steering("hpr", pos, neg, top_k=4, seed=0, model=lm, progress=False)
     fit_time = time.perf_counter() - start
-    print(f"HPR set: {stats[candidates[0]].kept} token pairs/layer, layers {s.layers} chosen from {candidates} "
-          f"(held-out probe accuracy {', '.join(f'{l}: {s.layer_scores[l]:.2f}' for l in s.layers)}), fitted in {fit_time:.1f}s")
+    print(
+        f"HPR set: {stats[candidates[0]].kept} token pairs/layer, layers {s.layers} chosen from {candidates} "
+        f"(held-out probe accuracy {', '.join(f'{l}: {s.layer_scores[l]:.2f}' for l in s.layers)}), fitted in {fit_time:.1f}s"
+    )
 
     def run(steered: bool):
         def go():
             if steered:
                 with steer(lm, s):
-                    out = generate(lm, PROMPTS, max_new_tokens=tokens, temperature=0.0, seed=1, batch_size=16, progress=False)
+                    out = generate(
+                        lm, PROMPTS, max_new_tokens=tokens, temperature=0.0, seed=1, batch_size=16, progress=False
+                    )
             else:
-                out = generate(lm, PROMPTS, max_new_tokens=tokens, temperature=0.0, seed=1, batch_size=16, progress=False)
+                out = generate(
+                    lm, PROMPTS, max_new_tokens=tokens, temperature=0.0, seed=1, batch_size=16, progress=False
+                )
             counts.append(sum(row[0].num_tokens for row in out))
             texts[steered] = out
+
         return go
 
     counts: list[int] = []
@@ -182,9 +217,11 @@ def bench_steered_generation(lm, repeats: int, tokens: int) -> None:
     assert all(c == total for c in counts), counts
     changed = sum(a[0].token_ids != b[0].token_ids for a, b in zip(texts[False], texts[True]))
     ratio = t_plain / t_steer
-    print(f"HPR-steered generation: {total / t_steer:.1f} tok/s steered vs {total / t_plain:.1f} tok/s plain "
-          f"({len(PROMPTS)} x {tokens} tokens, greedy; {changed}/{len(PROMPTS)} answers changed) -> {ratio:.3f}x "
-          f"(target >= 0.90x) {'PASS' if ratio >= 0.90 else 'MISS'}")
+    print(
+        f"HPR-steered generation: {total / t_steer:.1f} tok/s steered vs {total / t_plain:.1f} tok/s plain "
+        f"({len(PROMPTS)} x {tokens} tokens, greedy; {changed}/{len(PROMPTS)} answers changed) -> {ratio:.3f}x "
+        f"(target >= 0.90x) {'PASS' if ratio >= 0.90 else 'MISS'}"
+    )
 
 
 def main() -> None:
@@ -198,7 +235,9 @@ def main() -> None:
     print(f"  [fit benchmark took {time.perf_counter() - start:.0f}s]")
     start = time.perf_counter()
     lm = load_model("embedded")
-    print(f"model: {lm.name}, {lm.num_layers} layers, hidden {lm.hidden_size} (loaded in {time.perf_counter() - start:.0f}s)")
+    print(
+        f"model: {lm.name}, {lm.num_layers} layers, hidden {lm.hidden_size} (loaded in {time.perf_counter() - start:.0f}s)"
+    )
     start = time.perf_counter()
     bench_steered_generation(lm, repeats=2 if args.quick else 3, tokens=16 if args.quick else 32)
     print(f"  [generation benchmark took {time.perf_counter() - start:.0f}s]")

@@ -16,7 +16,9 @@ import numpy as np
 from storage import ActivationReader, ActivationWriter
 
 
-def run(root: str, rows: int, hidden: int, layers: int, dtype: str, compression: str | None) -> tuple[float, float, int]:
+def run(
+    root: str, rows: int, hidden: int, layers: int, dtype: str, compression: str | None
+) -> tuple[float, float, int]:
     rng = np.random.default_rng(0)
     block = rng.standard_normal((1000, hidden)).astype(np.float32) * 60
     uri = f"{root}/act-{dtype}-{compression}.parquet"
@@ -51,11 +53,15 @@ def main() -> None:
                 results[(dtype, comp)] = run(root, a.rows, a.hidden, a.layers, dtype, comp)
     print(f"{a.rows} rows x {a.layers} layers x hidden {a.hidden} ({raw_mb:.0f} MB as float32)")
     for (dtype, comp), (tw, tr, size) in results.items():
-        print(f"{dtype:8s} {str(comp):5s} write {raw_mb / tw:7.1f} MB/s  read {raw_mb / tr:7.1f} MB/s  file {size / 1e6:7.1f} MB")
+        print(
+            f"{dtype:8s} {str(comp):5s} write {raw_mb / tw:7.1f} MB/s  read {raw_mb / tr:7.1f} MB/s  file {size / 1e6:7.1f} MB"
+        )
     base = results[("float32", None)]
     for key, (tw, tr, size) in results.items():
         if key != ("float32", None):
-            print(f"{key} vs float32/none: write x{base[0] / tw:.2f}, read x{base[1] / tr:.2f}, size x{size / base[2]:.2f}")
+            print(
+                f"{key} vs float32/none: write x{base[0] / tw:.2f}, read x{base[1] / tr:.2f}, size x{size / base[2]:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from storage.prompts import PromptSourceError
     from tasks.engine import EngineError
 
-    return (UsageError, PromptSourceError, EngineError, ConfigError, ModelLoadError, ModelStructureError, OracleError, RunLockedError,
-            UnsupportedStoreError, ArtifactSchemaError, SteeringFileError, IncompatibleSteeringError, FileNotFoundError)
+    return (
+        UsageError,
+        PromptSourceError,
+        EngineError,
+        ConfigError,
+        ModelLoadError,
+        ModelStructureError,
+        OracleError,
+        RunLockedError,
+        UnsupportedStoreError,
+        ArtifactSchemaError,
+        SteeringFileError,
+        IncompatibleSteeringError,
+        FileNotFoundError,
+    )
 
 
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -72,8 +85,10 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"report: {result['report']}")
     rate = result.get("win_rate")
     if rate is not None and not math.isnan(rate):
-        print(f"held-out win rate vs the base model: {rate:.1%} (95% CI {result['ci_low']:.1%}-{result['ci_high']:.1%}), "
-              f"length-controlled {result['lc_win_rate']:.1%}")
+        print(
+            f"held-out win rate vs the base model: {rate:.1%} (95% CI {result['ci_low']:.1%}-{result['ci_high']:.1%}), "
+            f"length-controlled {result['lc_win_rate']:.1%}"
+        )
         for name, value in (result.get("controls") or {}).items():
             if value is not None and not math.isnan(value):
                 print(f"  control {name.replace('_', ' ')}: {value:.1%}")
@@ -81,9 +96,8 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.self_improve import new_run_id, self_improve
-
     from flows.preflight import preflight
+    from flows.self_improve import new_run_id, self_improve
 
     cfg = _config_from_args(args)
     run_id = args.run_id or new_run_id()
@@ -122,15 +136,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     frame = manifest.to_frame()
     if args.json:
         records = json.loads(frame.to_json(orient="records"))
-        print(json.dumps({"run_id": manifest.run_id, "store": manifest.store.url, "created_at": manifest.created_at,
-                          "iterations": manifest.config.get("iterations"), "phases": records}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "run_id": manifest.run_id,
+                    "store": manifest.store.url,
+                    "created_at": manifest.created_at,
+                    "iterations": manifest.config.get("iterations"),
+                    "phases": records,
+                },
+                indent=2,
+            )
+        )
         return 0
     import pandas as pd
 
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.max_colwidth", 60):
-        print(f"run {manifest.run_id} in {manifest.store.url} (created {manifest.created_at}, "
-              f"{manifest.config.get('iterations')} iteration(s) requested)")
-        print(frame.drop(columns=["error"]).to_string(index=False) if frame["error"].isna().all() else frame.to_string(index=False))
+        print(
+            f"run {manifest.run_id} in {manifest.store.url} (created {manifest.created_at}, "
+            f"{manifest.config.get('iterations')} iteration(s) requested)"
+        )
+        print(
+            frame.drop(columns=["error"]).to_string(index=False)
+            if frame["error"].isna().all()
+            else frame.to_string(index=False)
+        )
     return 0
 
 
@@ -150,7 +180,9 @@ def _latest(manifest, phase: str, iteration: int | None) -> int:
     done = [e.iteration for e in manifest.entries if e.phase == phase and e.status == "completed"]
     if iteration is not None:
         if iteration not in done:
-            raise UsageError(f"run {manifest.run_id!r} has no completed {phase} at iteration {iteration}; completed: {sorted(done) or 'none'}")
+            raise UsageError(
+                f"run {manifest.run_id!r} has no completed {phase} at iteration {iteration}; completed: {sorted(done) or 'none'}"
+            )
         return iteration
     if not done:
         raise UsageError(f"run {manifest.run_id!r} has no completed {phase} phase yet")
@@ -165,7 +197,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     frame = manifest.store.read_frame(manifest.output_uri(t, "eval"), "eval")
     summary = summary_from_eval(frame)
     if args.json:
-        print(json.dumps({"run_id": manifest.run_id, "iteration": t, "summary": json.loads(summary.to_json(orient="records"))}, indent=2))
+        print(
+            json.dumps(
+                {"run_id": manifest.run_id, "iteration": t, "summary": json.loads(summary.to_json(orient="records"))},
+                indent=2,
+            )
+        )
     else:
         print(f"run {manifest.run_id}, iteration {t}, evaluation vs the base model:")
         print(summary.to_string(index=False))
@@ -187,10 +224,14 @@ def cmd_export(args: argparse.Namespace) -> int:
             path = steering.save(args.out)
         else:
             if steering.learner != "mean_diff":
-                raise UsageError(f"a GGUF control vector holds one vector per layer; iteration {t} used learner "
-                                 f"{steering.learner!r}, so only mean_diff runs can be exported as GGUF")
+                raise UsageError(
+                    f"a GGUF control vector holds one vector per layer; iteration {t} used learner "
+                    f"{steering.learner!r}, so only mean_diff runs can be exported as GGUF"
+                )
             path = steering.to_gguf(args.out)
-        print(f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})")
+        print(
+            f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})"
+        )
         return 0
     t = _latest(manifest, "buffer", args.iteration)
     pairs = pairs_from_frame(store.read_frame(manifest.output_uri(t, "buffer"), "buffer"))
@@ -223,10 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     resume.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     for command in (run, resume):
-        command.add_argument("--shards", type=int, help="split generation, ranking and extraction into N shards "
-                                                        "(results do not depend on N)")
-        command.add_argument("--engine", help="where shards run: threads (default), dask, ray, deployment "
-                                              "(options: --set 'engine_options={...}')")
+        command.add_argument(
+            "--shards",
+            type=int,
+            help="split generation, ranking and extraction into N shards (results do not depend on N)",
+        )
+        command.add_argument(
+            "--engine",
+            help="where shards run: threads (default), dask, ray, deployment (options: --set 'engine_options={...}')",
+        )
     resume.set_defaults(func=cmd_resume)
 
     status = sub.add_parser("status", help="the phase table of a run")

@@ -19,19 +19,24 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 import sims_core
 from sims_core.config import SimsConfig
 from storage import ArtifactStore, Manifest, validate_run_id
 from tasks.buffer import build_buffer
+from tasks.engine import check_engine, prepare_workers, run_units, task_runner_for
 from tasks.evaluate import evaluate_policy
 from tasks.fit import fit_steering_set
-from tasks.engine import check_engine, prepare_workers, run_units, task_runner_for
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import sample_iteration_prompts, split_prompt_set
 from tasks.report import write_report
@@ -41,7 +46,7 @@ __all__ = ["new_run_id", "self_improve", "build_config"]
 
 def new_run_id() -> str:
     """A sortable run name: ``run-YYYYmmdd-HHMMSS-xxxx`` (UTC)."""
-    return f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
 def build_config(config: dict[str, Any] | None, **explicit: Any) -> SimsConfig:
@@ -88,9 +93,18 @@ def self_improve(
     holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
     with artifact_store.lock(run_id, holder=holder):
         Manifest.load_or_create(artifact_store, run_id, config=cfg.to_dict(), sims_version=sims_core.__version__)
-        log.info("run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
-                 run_id, artifact_store.url, cfg.iterations, cfg.model, cfg.learner, cfg.oracle, cfg.judge, cfg.shards,
-                 cfg.engine)
+        log.info(
+            "run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
+            run_id,
+            artifact_store.url,
+            cfg.iterations,
+            cfg.model,
+            cfg.learner,
+            cfg.oracle,
+            cfg.judge,
+            cfg.shards,
+            cfg.engine,
+        )
         runner = run_iterations.with_options(task_runner=task_runner_for(cfg))
         report, steering = runner(artifact_store.url, run_id, cfg.to_dict())
     final = report["table"][-1] if report["table"] else {}
@@ -103,8 +117,11 @@ def self_improve(
         "ci_low": final.get("ci_low"),
         "ci_high": final.get("ci_high"),
         "lc_win_rate": final.get("lc_win_rate"),
-        "controls": {k[: -len("_win_rate")]: v for k, v in final.items()
-                     if k.endswith("_win_rate") and k not in ("win_rate", "lc_win_rate")},
+        "controls": {
+            k[: -len("_win_rate")]: v
+            for k, v in final.items()
+            if k.endswith("_win_rate") and k not in ("win_rate", "lc_win_rate")
+        },
     }
 
 
@@ -122,8 +139,9 @@ def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple
         return run_units(ctx, unit, [{**arguments, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)])
 
     prepare_workers(cfg)
-    progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(run_id, "progress"),
-                                           description=f"SIMS run {run_id}: iterations done")
+    progress_id = create_progress_artifact(
+        progress=0.0, key=_artifact_key(run_id, "progress"), description=f"SIMS run {run_id}: iterations done"
+    )
     split_uri = split_prompt_set(context(0))
     previous_buffer: str | None = None
     previous_steering: str | None = None
@@ -131,21 +149,34 @@ def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple
         ctx = context(t)
         prompts_uri = sample_iteration_prompts(ctx, split_uri)
         generations = sharded(ctx, "generations", prompts_uri=prompts_uri, steering_uri=previous_steering)
-        rankings = run_units(ctx, "rankings", [{"generations_uri": uri, "prompts_uri": prompts_uri, "shard": i,
-                                                "shards": cfg.shards} for i, uri in enumerate(generations)])
+        rankings = run_units(
+            ctx,
+            "rankings",
+            [
+                {"generations_uri": uri, "prompts_uri": prompts_uri, "shard": i, "shards": cfg.shards}
+                for i, uri in enumerate(generations)
+            ],
+        )
         buffer_uri = build_buffer(ctx, generations, rankings, previous_buffer)
         activations = sharded(ctx, "activations", buffer_uri=buffer_uri)
         fit_call = {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering}
         fitted = run_units(ctx, "steering", [fit_call])[0] if remote else fit_steering_set(ctx, **fit_call)
-        eval_call = {"steering_uri": fitted["steering"], "split_uri": split_uri,
-                     "with_controls": cfg.controls and t == cfg.iterations}
+        eval_call = {
+            "steering_uri": fitted["steering"],
+            "split_uri": split_uri,
+            "with_controls": cfg.controls and t == cfg.iterations,
+        }
         run_units(ctx, "eval", [eval_call]) if remote else evaluate_policy(ctx, **eval_call)
         previous_buffer, previous_steering = buffer_uri, fitted["steering"]
         report = write_report(ctx, t)
         if report["table"]:
-            create_table_artifact(table=report["table"], key=_artifact_key(run_id, "iterations"),
-                                  description=f"SIMS run {run_id}: one row per iteration")
+            create_table_artifact(
+                table=report["table"],
+                key=_artifact_key(run_id, "iterations"),
+                description=f"SIMS run {run_id}: one row per iteration",
+            )
         update_progress_artifact(progress_id, progress=100.0 * t / cfg.iterations)
-    create_markdown_artifact(markdown=report["markdown"], key=_artifact_key(run_id, "report"),
-                             description=f"SIMS run {run_id} report")
+    create_markdown_artifact(
+        markdown=report["markdown"], key=_artifact_key(run_id, "report"), description=f"SIMS run {run_id} report"
+    )
     return report, previous_steering

@@ -71,7 +71,7 @@ def _capture_batch(
     out: dict[int, list[Tensor]] = {}
     for layer in layers:
         hidden = captured[layer]
-        out[layer] = [hidden[i, width - len(r):].float().cpu() for i, r in enumerate(response_ids)]
+        out[layer] = [hidden[i, width - len(r) :].float().cpu() for i, r in enumerate(response_ids)]
     return out
 
 
@@ -97,7 +97,9 @@ def capture_activations(
     prompts = validate_prompts(prompts)
     responses = validate_prompts(responses, name="responses") if len(responses) else list(responses)
     if len(responses) != len(prompts):
-        raise ValueError(f"prompts and responses must have the same length, got {len(prompts)} prompts and {len(responses)} responses")
+        raise ValueError(
+            f"prompts and responses must have the same length, got {len(prompts)} prompts and {len(responses)} responses"
+        )
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {list(POOLINGS)}, got {pooling!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -117,7 +119,7 @@ def capture_activations(
     per_token: dict[int, list[Tensor | None]] = {layer: [None] * len(prompts) for layer in wanted}
     with progress_bar(total=len(order), desc="capturing activations", unit="pair", enabled=progress) as bar:
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             got = _capture_batch(lm, [prompt_ids[i] for i in chunk], [response_ids[i] for i in chunk], wanted)
             for layer, tensors in got.items():
                 for i, tensor in zip(chunk, tensors):

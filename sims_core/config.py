@@ -183,37 +183,75 @@ class SimsConfig:
 
     # ---------------------------------------------------------------- checks
     def _validate(self) -> None:
-        positive = ("shards", "iterations", "num_prompts", "num_samples", "max_new_tokens", "batch_size", "pairs_per_prompt",
-                    "buffer_budget", "top_k", "eval_samples", "max_eval_prompts", "max_val_prompts")
+        positive = (
+            "shards",
+            "iterations",
+            "num_prompts",
+            "num_samples",
+            "max_new_tokens",
+            "batch_size",
+            "pairs_per_prompt",
+            "buffer_budget",
+            "top_k",
+            "eval_samples",
+            "max_eval_prompts",
+            "max_val_prompts",
+        )
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_samples < 2:
-            raise ConfigError(f"num_samples must be at least 2 (the oracle ranks several answers per prompt), got {self.num_samples}")
+            raise ConfigError(
+                f"num_samples must be at least 2 (the oracle ranks several answers per prompt), got {self.num_samples}"
+            )
         if 2 * self.pairs_per_prompt > self.num_samples and self.pair_strategy == "top_bottom":
             raise ConfigError(
                 f"pairs_per_prompt={self.pairs_per_prompt} needs at least {2 * self.pairs_per_prompt} samples per prompt "
                 f"with pair_strategy='top_bottom', but num_samples={self.num_samples}"
             )
-        for name, low, high in (("temperature", 0.0, 10.0), ("control_temperature", 0.0, 10.0), ("top_p", 1e-9, 1.0),
-                                ("eval_fraction", 1e-9, 0.9), ("val_fraction", 1e-9, 0.9)):
+        for name, low, high in (
+            ("temperature", 0.0, 10.0),
+            ("control_temperature", 0.0, 10.0),
+            ("top_p", 1e-9, 1.0),
+            ("eval_fraction", 1e-9, 0.9),
+            ("val_fraction", 1e-9, 0.9),
+        ):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
                 raise ConfigError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
         if self.eval_fraction + self.val_fraction >= 0.9:
-            raise ConfigError(f"eval_fraction + val_fraction must leave prompts to train on (< 0.9), got {self.eval_fraction + self.val_fraction:g}")
+            raise ConfigError(
+                f"eval_fraction + val_fraction must leave prompts to train on (< 0.9), got {self.eval_fraction + self.val_fraction:g}"
+            )
         if self.learner not in LEARNERS:
             raise ConfigError(f"learner must be one of {list(LEARNERS)}, got {self.learner!r}")
         if self.pair_strategy not in PAIR_STRATEGIES:
             raise ConfigError(f"pair_strategy must be one of {list(PAIR_STRATEGIES)}, got {self.pair_strategy!r}")
         if self.positions is not None and self.positions not in POSITION_CHOICES:
-            raise ConfigError(f"positions must be one of {list(POSITION_CHOICES)} or null (the learner's default), got {self.positions!r}")
-        if self.alphas is not None and not self.alphas or self.alphas is not None and any(not isinstance(a, (int, float)) or isinstance(a, bool) or a <= 0 for a in self.alphas):
-            raise ConfigError(f"alphas must be null (the learner's default grid) or a non-empty list of positive numbers, got {self.alphas!r}")
-        if self.layers is not None and (not self.layers or any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in self.layers)):
-            raise ConfigError(f"layers must be null (automatic) or a non-empty list of layer indices >= 0, got {self.layers!r}")
-        if not isinstance(self.max_nll_increase, (int, float)) or isinstance(self.max_nll_increase, bool) or self.max_nll_increase < 0:
+            raise ConfigError(
+                f"positions must be one of {list(POSITION_CHOICES)} or null (the learner's default), got {self.positions!r}"
+            )
+        if (
+            self.alphas is not None
+            and not self.alphas
+            or self.alphas is not None
+            and any(not isinstance(a, (int, float)) or isinstance(a, bool) or a <= 0 for a in self.alphas)
+        ):
+            raise ConfigError(
+                f"alphas must be null (the learner's default grid) or a non-empty list of positive numbers, got {self.alphas!r}"
+            )
+        if self.layers is not None and (
+            not self.layers or any(not isinstance(l, int) or isinstance(l, bool) or l < 0 for l in self.layers)
+        ):
+            raise ConfigError(
+                f"layers must be null (automatic) or a non-empty list of layer indices >= 0, got {self.layers!r}"
+            )
+        if (
+            not isinstance(self.max_nll_increase, (int, float))
+            or isinstance(self.max_nll_increase, bool)
+            or self.max_nll_increase < 0
+        ):
             raise ConfigError(f"max_nll_increase must be a number >= 0 (nats per token), got {self.max_nll_increase!r}")
         if not isinstance(self.min_margin, (int, float)) or self.min_margin < 0:
             raise ConfigError(f"min_margin must be a number >= 0, got {self.min_margin!r}")
@@ -234,7 +272,9 @@ class SimsConfig:
         allowed = sorted(name for name, (engines, _) in ENGINE_OPTIONS.items() if self.engine in engines)
         for name, value in self.engine_options.items():
             if name not in allowed:
-                raise ConfigError(f"engine_options.{name} is not an option of engine {self.engine!r}; its options: {allowed}")
+                raise ConfigError(
+                    f"engine_options.{name} is not an option of engine {self.engine!r}; its options: {allowed}"
+                )
             kind = ENGINE_OPTIONS[name][1]
             is_int = isinstance(value, int) and not isinstance(value, bool)
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -246,20 +286,31 @@ class SimsConfig:
                 "flag": isinstance(value, bool),
             }[kind]
             if not ok:
-                expected = {"count": "a positive integer", "count0": "an integer >= 0", "number0": "a number >= 0",
-                            "text": "a non-empty string", "flag": "true or false"}[kind]
+                expected = {
+                    "count": "a positive integer",
+                    "count0": "an integer >= 0",
+                    "number0": "a number >= 0",
+                    "text": "a non-empty string",
+                    "flag": "true or false",
+                }[kind]
                 raise ConfigError(f"engine_options.{name} must be {expected}, got {value!r}")
         if self.engine == "dask" and "address" in self.engine_options:
             local_only = sorted({"n_workers", "threads_per_worker", "processes"} & set(self.engine_options))
             if local_only:
-                raise ConfigError(f"engine_options {local_only} size a local Dask cluster and cannot be combined with "
-                                  f"address={self.engine_options['address']!r} (an existing scheduler)")
+                raise ConfigError(
+                    f"engine_options {local_only} size a local Dask cluster and cannot be combined with "
+                    f"address={self.engine_options['address']!r} (an existing scheduler)"
+                )
         if self.engine == "ray" and "address" in self.engine_options and "num_cpus" in self.engine_options:
-            raise ConfigError(f"engine_options.num_cpus sizes a local Ray instance and cannot be combined with "
-                              f"address={self.engine_options['address']!r} (an existing cluster)")
+            raise ConfigError(
+                f"engine_options.num_cpus sizes a local Ray instance and cannot be combined with "
+                f"address={self.engine_options['address']!r} (an existing cluster)"
+            )
         if self.engine == "deployment" and "/" not in self.engine_options.get("deployment", "sims-shard/gpu"):
-            raise ConfigError(f"engine_options.deployment must name a deployment as 'flow-name/deployment-name', "
-                              f"got {self.engine_options['deployment']!r}")
+            raise ConfigError(
+                f"engine_options.deployment must name a deployment as 'flow-name/deployment-name', "
+                f"got {self.engine_options['deployment']!r}"
+            )
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:

@@ -163,14 +163,17 @@ def length_controlled_win_rate(
     a = np.asarray(list(steered_lengths), dtype=float)
     b = np.asarray(list(reference_lengths), dtype=float)
     if a.shape != y.shape or b.shape != y.shape:
-        raise ValueError(f"need one steered and one reference length per preference ({y.size}), got {a.size} and {b.size}")
+        raise ValueError(
+            f"need one steered and one reference length per preference ({y.size}), got {a.size} and {b.size}"
+        )
     diff = a - b
     scale = float(diff.std())
     feature = np.tanh(diff / scale) if scale > 0 else np.zeros_like(diff)
     x = np.column_stack([np.ones_like(y), feature])
     beta = _fit_logistic(x, y, l2)
-    return LengthControlledWinRate(float(1 / (1 + np.exp(-beta[0]))), float(y.mean()), float(beta[0]),
-                                   float(beta[1]), scale, int(y.size))
+    return LengthControlledWinRate(
+        float(1 / (1 + np.exp(-beta[0]))), float(y.mean()), float(beta[0]), float(beta[1]), scale, int(y.size)
+    )
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
@@ -181,11 +184,13 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     grams: list[tuple[str, ...]] = []
     for text in texts:
         words = text.lower().split()
-        grams.extend(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        grams.extend(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
-def edit_norms(lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence[str], positions: str | None = None) -> dict[int, float]:
+def edit_norms(
+    lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence[str], positions: str | None = None
+) -> dict[int, float]:
     """Average size ``||h' - h||`` of the push ``steering`` gives at each of its layers, over the
     positions it actually moves, measured on a forward pass over the chat-formatted ``prompts``.
     Layers where nothing moved get 0."""
@@ -200,6 +205,7 @@ def edit_norms(lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence
     def grab(layer: int):
         def hook(module: Any, args: tuple, output: Any) -> None:
             before[layer] = _hidden_of(output).detach().clone()
+
         return hook
 
     def compare(layer: int):
@@ -208,6 +214,7 @@ def edit_norms(lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence
             moved = diff > 0
             sums[layer] += float(diff[moved].sum())
             counts[layer] += int(moved.sum())
+
         return hook
 
     hooks = [lm.layers[layer].register_forward_hook(grab(layer)) for layer in handle.layers]
@@ -321,8 +328,15 @@ def evaluate(
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:
         raise ValueError(f"unknown controls {unknown}; choose from {list(CONTROLS)}")
-    gen = dict(num_samples=num_samples, max_new_tokens=max_new_tokens, top_p=top_p, seed=seed,
-               batch_size=batch_size, system_prompt=system_prompt, progress=progress)
+    gen = dict(
+        num_samples=num_samples,
+        max_new_tokens=max_new_tokens,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        progress=progress,
+    )
     notes: list[str] = []
     with _steering(lm, reference, reference_alpha, positions):
         ref = generate(lm, prompts, temperature=temperature, **gen)
@@ -354,12 +368,28 @@ def evaluate(
         scores = check_scores(judge.name, flat_prompts, pairs, judge.score(flat_prompts, pairs))
         for (i, s, a, b), (sa, sb) in zip(meta, scores):
             pref = 0.5 if a.text == b.text or sa == sb else float(sa > sb)
-            rows.append(dict(condition=condition, prompt_index=i, prompt=prompts[i], sample=s, seed=a.seed,
-                             response=a.text, reference=b.text, response_tokens=a.num_tokens,
-                             reference_tokens=b.num_tokens, response_finish=a.finish_reason,
-                             reference_finish=b.finish_reason, score=sa, reference_score=sb, preference=pref))
+            rows.append(
+                dict(
+                    condition=condition,
+                    prompt_index=i,
+                    prompt=prompts[i],
+                    sample=s,
+                    seed=a.seed,
+                    response=a.text,
+                    reference=b.text,
+                    response_tokens=a.num_tokens,
+                    reference_tokens=b.num_tokens,
+                    response_finish=a.finish_reason,
+                    reference_finish=b.finish_reason,
+                    score=sa,
+                    reference_score=sb,
+                    preference=pref,
+                )
+            )
     table = pd.DataFrame(rows)
-    checked = judge_sanity(judge, prompts, [r[0].text for r in ref], seed=seed) if sanity and len(prompts) >= 2 else None
+    checked = (
+        judge_sanity(judge, prompts, [r[0].text for r in ref], seed=seed) if sanity and len(prompts) >= 2 else None
+    )
     if sanity and checked is None:
         notes.append("judge sanity skipped: it needs at least 2 prompts")
     summary = []
@@ -367,17 +397,30 @@ def evaluate(
         part = table[table["condition"] == condition]
         rate, low_ci, high_ci = win_rate(part["preference"], method=ci, groups=list(part["prompt_index"]), seed=seed)
         lc = length_controlled_win_rate(part["preference"], part["response_tokens"], part["reference_tokens"])
-        summary.append(dict(
-            condition=condition, n=len(part), prompts=part["prompt_index"].nunique(), win_rate=rate,
-            ci_low=low_ci, ci_high=high_ci, ci_method=ci, lc_win_rate=lc.rate, length_coef=lc.length_coef,
-            ties=int((part["preference"] == 0.5).sum()), mean_score=float(part["score"].mean()),
-            reference_mean_score=float(part["reference_score"].mean()),
-            mean_length=float(part["response_tokens"].mean()), reference_mean_length=float(part["reference_tokens"].mean()),
-            truncated=float((part["response_finish"] == "length").mean()),
-            distinct_1=distinct_n(list(part["response"]), 1), distinct_2=distinct_n(list(part["response"]), 2),
-            reference_distinct_1=distinct_n(list(part["reference"]), 1),
-            reference_distinct_2=distinct_n(list(part["reference"]), 2),
-            judge=judge.name, judge_matched_rate=checked.matched_rate if checked else float("nan"),
-            judge_order_agreement=checked.order_agreement if checked else float("nan"),
-        ))
+        summary.append(
+            dict(
+                condition=condition,
+                n=len(part),
+                prompts=part["prompt_index"].nunique(),
+                win_rate=rate,
+                ci_low=low_ci,
+                ci_high=high_ci,
+                ci_method=ci,
+                lc_win_rate=lc.rate,
+                length_coef=lc.length_coef,
+                ties=int((part["preference"] == 0.5).sum()),
+                mean_score=float(part["score"].mean()),
+                reference_mean_score=float(part["reference_score"].mean()),
+                mean_length=float(part["response_tokens"].mean()),
+                reference_mean_length=float(part["reference_tokens"].mean()),
+                truncated=float((part["response_finish"] == "length").mean()),
+                distinct_1=distinct_n(list(part["response"]), 1),
+                distinct_2=distinct_n(list(part["response"]), 2),
+                reference_distinct_1=distinct_n(list(part["reference"]), 1),
+                reference_distinct_2=distinct_n(list(part["reference"]), 2),
+                judge=judge.name,
+                judge_matched_rate=checked.matched_rate if checked else float("nan"),
+                judge_order_agreement=checked.order_agreement if checked else float("nan"),
+            )
+        )
     return Evaluation(table, pd.DataFrame(summary), checked, notes)

@@ -19,7 +19,11 @@ __all__ = ["answer_nll", "mean_finite"]
 
 
 def answer_nll(
-    lm: LanguageModel, prompts: Sequence[str], answers: Sequence[str], *, batch_size: int = 16,
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 16,
     system_prompt: str | None = None,
 ) -> list[float]:
     """Mean NLL per token (nats) of each answer after its chat-formatted prompt, under ``lm``
@@ -32,7 +36,9 @@ def answer_nll(
     keep = [i for i, tokens in enumerate(continuations) if tokens]
     out = [math.nan] * len(prompts)
     if keep:
-        sums = continuation_logprobs(lm, [contexts[i] for i in keep], [continuations[i] for i in keep], batch_size=batch_size)
+        sums = continuation_logprobs(
+            lm, [contexts[i] for i in keep], [continuations[i] for i in keep], batch_size=batch_size
+        )
         for i, total in zip(keep, sums):
             out[i] = -total / len(continuations[i])
     return out

@@ -92,8 +92,8 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -138,7 +138,9 @@ def _generate_batch(
         chosen = _next_tokens(out.logits[:, -1, :], temperature, top_p, generators)
         chosen = torch.where(finished, torch.full_like(chosen, pad_id), chosen)
         is_stop = torch.isin(chosen, stop) & ~finished
-        tokens = torch.cat([tokens, torch.where(finished | is_stop, torch.full_like(chosen, -1), chosen)[:, None]], dim=1)
+        tokens = torch.cat(
+            [tokens, torch.where(finished | is_stop, torch.full_like(chosen, -1), chosen)[:, None]], dim=1
+        )
         stopped |= is_stop
         finished |= is_stop
         if bool(finished.all()) or step == max_new_tokens - 1:
@@ -146,8 +148,12 @@ def _generate_batch(
         mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
         positions = positions[:, -1:] + 1
         out = model(
-            input_ids=chosen[:, None], attention_mask=mask, position_ids=positions,
-            past_key_values=out.past_key_values, use_cache=True, **extra,
+            input_ids=chosen[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            **extra,
         )
     result = []
     for i in range(batch):
@@ -194,14 +200,17 @@ def generate(
     results: list[list[Generation | None]] = [[None] * num_samples for _ in prompts]
     with progress_bar(total=len(jobs), desc="generating", unit="answer", enabled=progress) as bar:
         for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start:start + batch_size]
+            chunk = jobs[start : start + batch_size]
             seeds = [sample_seed(seed, prompts[p], s) for p, s in chunk]
             outputs = _generate_batch(lm, [encoded[p] for p, _ in chunk], seeds, max_new_tokens, temperature, top_p)
             for (p, s), sample_seed_value, (token_ids, stopped) in zip(chunk, seeds, outputs):
                 text = lm.tokenizer.decode(token_ids, skip_special_tokens=True)
                 results[p][s] = Generation(
-                    text=text, num_tokens=len(token_ids), finish_reason="stop" if stopped else "length",
-                    token_ids=tuple(token_ids), seed=sample_seed_value,
+                    text=text,
+                    num_tokens=len(token_ids),
+                    finish_reason="stop" if stopped else "length",
+                    token_ids=tuple(token_ids),
+                    seed=sample_seed_value,
                 )
             bar.update(len(chunk))
     return [[g for g in row if g is not None] for row in results]

@@ -117,12 +117,28 @@ class LanguageModel:
         files. Ignores fields that do not change what the layers compute (names, dtype, ids)."""
         config = self.model.config.to_dict()
         ignored = {
-            "_name_or_path", "_model_name_or_path", "name_or_path", "torch_dtype", "dtype",
-            "transformers_version", "_commit_hash", "architectures", "quantization_config",
-            "use_cache", "output_hidden_states", "output_attentions", "return_dict",
-            "_attn_implementation", "_attn_implementation_autoset", "attn_implementation",
-            "bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings",
-            "_experts_implementation", "generation_config",
+            "_name_or_path",
+            "_model_name_or_path",
+            "name_or_path",
+            "torch_dtype",
+            "dtype",
+            "transformers_version",
+            "_commit_hash",
+            "architectures",
+            "quantization_config",
+            "use_cache",
+            "output_hidden_states",
+            "output_attentions",
+            "return_dict",
+            "_attn_implementation",
+            "_attn_implementation_autoset",
+            "attn_implementation",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+            "tie_word_embeddings",
+            "_experts_implementation",
+            "generation_config",
         }
         kept = {k: v for k, v in sorted(config.items()) if k not in ignored and not k.startswith("_")}
         blob = json.dumps(kept, sort_keys=True, default=str).encode()
@@ -160,8 +176,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """'auto' means float32 on CPU and bfloat16 on CUDA; names map to torch dtypes."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in names:
@@ -206,7 +228,9 @@ def _cache_root() -> Path:
 
 def _gguf_cache_dir(gguf: Path) -> Path:
     stat = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}".encode()).hexdigest()[
+        :16
+    ]
     return _cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
@@ -222,7 +246,9 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[nn.Module, Any]:
         try:
             importlib.metadata.version(needed)
         except importlib.metadata.PackageNotFoundError:
-            raise ModelLoadError(f"loading {gguf} needs the package {needed!r}; install it with: pip install {needed}") from None
+            raise ModelLoadError(
+                f"loading {gguf} needs the package {needed!r}; install it with: pip install {needed}"
+            ) from None
     log.info("dequantizing %s (first load; cached afterwards in %s)", gguf, cache)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -319,12 +345,19 @@ def prepare(model: nn.Module, tokenizer: Any, name: str, system_prompt: str | No
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
-            raise ModelLoadError(f"the tokenizer of {name!r} has neither a pad nor an eos token; set tokenizer.pad_token first")
+            raise ModelLoadError(
+                f"the tokenizer of {name!r} has neither a pad nor an eos token; set tokenizer.pad_token first"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     path, layers = find_decoder_layers(model)
     return LanguageModel(
-        model=model, tokenizer=tokenizer, name=name, layers=layers, layers_path=path,
-        system_prompt=system_prompt, stop_token_ids=_stop_token_ids(model, tokenizer),
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        layers=layers,
+        layers_path=path,
+        system_prompt=system_prompt,
+        stop_token_ids=_stop_token_ids(model, tokenizer),
     )
 
 
@@ -367,7 +400,9 @@ def load_model(
         name = str(path)
     else:
         if Path(text).exists() and not Path(text).is_dir():
-            raise ModelLoadError(f"model path {text!r} is a file; give a model directory, a .gguf file, a hub id or 'embedded'")
+            raise ModelLoadError(
+                f"model path {text!r} is a file; give a model directory, a .gguf file, a hub id or 'embedded'"
+            )
         model, tokenizer = _from_pretrained(text, trust_remote_code, local_files_only)
         name = text
     model = model.to(device=resolved_device, dtype=resolved_dtype)

@@ -133,8 +133,9 @@ def pairs_from_scores(
             if group[best] == group[worst]:
                 skipped["identical_text"] += 1
                 continue
-            pairs.append(PreferencePair(prompt, group[best], group[worst], margin, iteration, "ranking",
-                                        row[best], row[worst]))
+            pairs.append(
+                PreferencePair(prompt, group[best], group[worst], margin, iteration, "ranking", row[best], row[worst])
+            )
         if wanted > len(group) // 2:
             skipped["too_few_candidates"] += wanted - len(group) // 2
     return PairSet(pairs, len(prompts), dict(skipped))
@@ -258,8 +259,13 @@ class PreferenceBuffer:
         new_keys = {p.key for p in incoming}
         old_keys = {p.key for p in self.pairs}
         self.pairs = kept
-        report = BufferReport(iteration, len(incoming), len(kept),
-                              sum(1 for p in kept if p.key in new_keys and p.key not in old_keys), dict(dropped))
+        report = BufferReport(
+            iteration,
+            len(incoming),
+            len(kept),
+            sum(1 for p in kept if p.key in new_keys and p.key not in old_keys),
+            dict(dropped),
+        )
         self.history.append(report)
         return report
 
@@ -271,8 +277,12 @@ class PreferenceBuffer:
         return pd.DataFrame([asdict(p) for p in self.pairs], columns=columns)
 
 
-def to_dpo_records(pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffer, *, conversational: bool = False,
-                   metadata: bool = False) -> list[dict[str, Any]]:
+def to_dpo_records(
+    pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffer,
+    *,
+    conversational: bool = False,
+    metadata: bool = False,
+) -> list[dict[str, Any]]:
     """Pairs as TRL DPO rows: ``{"prompt", "chosen", "rejected"}`` plain strings (TRL's
     "standard" format), or with ``conversational=True`` message lists (TRL then applies the
     chat template). ``metadata=True`` adds margin, iteration and source columns."""
@@ -280,9 +290,11 @@ def to_dpo_records(pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffer,
     rows = []
     for p in items:
         if conversational:
-            row: dict[str, Any] = {"prompt": [{"role": "user", "content": p.prompt}],
-                                   "chosen": [{"role": "assistant", "content": p.chosen}],
-                                   "rejected": [{"role": "assistant", "content": p.rejected}]}
+            row: dict[str, Any] = {
+                "prompt": [{"role": "user", "content": p.prompt}],
+                "chosen": [{"role": "assistant", "content": p.chosen}],
+                "rejected": [{"role": "assistant", "content": p.rejected}],
+            }
         else:
             row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
         if metadata:
@@ -300,8 +312,9 @@ def to_dpo_dataframe(pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffe
     return pd.DataFrame(records, columns=columns)
 
 
-def write_dpo(pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffer, path: str | os.PathLike[str],
-              **options: Any) -> Path:
+def write_dpo(
+    pairs: Iterable[PreferencePair] | PairSet | PreferenceBuffer, path: str | os.PathLike[str], **options: Any
+) -> Path:
     """Write a local DPO dataset: ``.parquet`` or ``.jsonl`` by the path's suffix (for remote
     URLs and atomic writes use storage/). Returns the path."""
     target = Path(path)

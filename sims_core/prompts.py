@@ -111,10 +111,7 @@ class PromptReport:
                 f"(input positions {_listed(self.duplicate_indices)})"
             )
         if self.n_empty:
-            parts.append(
-                f"{self.n_empty} empty or whitespace-only "
-                f"(input positions {_listed(self.empty_indices)})"
-            )
+            parts.append(f"{self.n_empty} empty or whitespace-only (input positions {_listed(self.empty_indices)})")
         if parts:
             text += "; dropped " + " and ".join(parts)
         return text
@@ -175,8 +172,7 @@ def make_prompt_records(
         raise ValueError("texts is empty: a prompt set needs at least one prompt")
     if categories is not None and len(categories) != len(texts):
         raise ValueError(
-            f"categories has {len(categories)} entries but texts has {len(texts)}; "
-            "give one category (or None) per text"
+            f"categories has {len(categories)} entries but texts has {len(texts)}; give one category (or None) per text"
         )
     records: list[PromptRecord] = []
     seen: set[str] = set()
@@ -184,14 +180,11 @@ def make_prompt_records(
     empties: list[int] = []
     for i, text in enumerate(texts):
         if not isinstance(text, str):
-            raise TypeError(
-                f"texts[{i}] is {type(text).__name__} ({text!r:.60}), expected a string prompt"
-            )
+            raise TypeError(f"texts[{i}] is {type(text).__name__} ({text!r:.60}), expected a string prompt")
         category = None if categories is None else categories[i]
         if category is not None and not isinstance(category, str):
             raise TypeError(
-                f"categories[{i}] is {type(category).__name__} ({category!r:.60}), "
-                "expected a string or None"
+                f"categories[{i}] is {type(category).__name__} ({category!r:.60}), expected a string or None"
             )
         stripped = text.strip()
         if not stripped:
@@ -233,8 +226,7 @@ def default_prompts() -> list[PromptRecord]:
         row = json.loads(line)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
             raise ValueError(
-                f"sims_core/{DEFAULT_PROMPTS_RESOURCE} line {lineno} is not "
-                '{"prompt": str, "category": str}'
+                f'sims_core/{DEFAULT_PROMPTS_RESOURCE} line {lineno} is not {{"prompt": str, "category": str}}'
             )
         texts.append(row["prompt"])
         cats.append(row.get("category"))
@@ -313,8 +305,7 @@ def split_prompts(
             hint = (
                 "add prompts or lower eval_fraction/val_fraction"
                 if name == "train"
-                else f"add prompts, raise {name}_fraction, or set {name}_fraction=0 to have no "
-                f"{name} split"
+                else f"add prompts, raise {name}_fraction, or set {name}_fraction=0 to have no {name} split"
             )
             raise ValueError(
                 f"split {name!r} would be empty with {len(out)} prompt{'s' if len(out) != 1 else ''}"
@@ -360,10 +351,7 @@ def sample_prompts(
     picked = [r for r in candidates if r.prompt_id in chosen]
     what = f"{split} prompts" if split else "prompts"
     if len(picked) < n:
-        message = (
-            f"asked for {n} {what} at iteration {iteration} but only {len(picked)} exist: "
-            f"using all {len(picked)}"
-        )
+        message = f"asked for {n} {what} at iteration {iteration} but only {len(picked)} exist: using all {len(picked)}"
     else:
         message = f"sampled {n} of {len(candidates)} {what} for iteration {iteration} (seed {seed})"
     return PromptSample(
@@ -380,7 +368,4 @@ def sample_prompts(
 def records_to_rows(records: Iterable[PromptRecord]) -> list[dict[str, str | None]]:
     """Records as dicts with the ``prompts`` artifact's columns (prompt_id, prompt, split,
     category), ready for ``pandas.DataFrame(rows)``."""
-    return [
-        {"prompt_id": r.prompt_id, "prompt": r.prompt, "split": r.split, "category": r.category}
-        for r in records
-    ]
+    return [{"prompt_id": r.prompt_id, "prompt": r.prompt, "split": r.split, "category": r.category} for r in records]

@@ -38,7 +38,7 @@ def canonical_groups(keys: Sequence[str], lengths: Sequence[int], group_size: in
         duplicate = next(k for k in keys if k in seen or seen.add(k))
         raise ValueError(f"item keys must be unique to group them canonically; {duplicate!r} appears twice")
     order = sorted(range(len(keys)), key=lambda i: (lengths[i], keys[i]))
-    return [order[start:start + group_size] for start in range(0, len(order), group_size)]
+    return [order[start : start + group_size] for start in range(0, len(order), group_size)]
 
 
 def shard_groups(groups: Sequence[list[int]], shard: int, num_shards: int) -> list[list[int]]:

@@ -45,13 +45,19 @@ def tiny_tokenizer(vocab_size: int = 384, chat_template: bool = True):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
-        unk_token="<|endoftext|>", padding_side="left",
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        padding_side="left",
     )
     if chat_template:
         fast.chat_template = _CHAT_TEMPLATE
@@ -63,18 +69,36 @@ def _config(arch: Architecture, vocab: int, hidden: int, layers: int, heads: int
 
     common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     if arch == "llama":
-        return LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                           num_attention_heads=heads, num_key_value_heads=heads // 2,
-                           max_position_embeddings=max_positions, **common)
+        return LlamaConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=max_positions,
+            **common,
+        )
     if arch == "qwen2":
-        return Qwen2Config(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                           num_attention_heads=heads, num_key_value_heads=heads // 2,
-                           max_position_embeddings=max_positions, **common)
+        return Qwen2Config(
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads // 2,
+            max_position_embeddings=max_positions,
+            **common,
+        )
     if arch == "gpt2":
         return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **common)
     if arch == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                             num_attention_heads=heads, max_position_embeddings=max_positions, **common)
+        return GPTNeoXConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=max_positions,
+            **common,
+        )
     raise ValueError(f"architecture must be one of {TINY_ARCHITECTURES}, got {arch!r}")
 
 

@@ -23,23 +23,32 @@ from .artifacts import (
     ActivationReader,
     ActivationWriter,
     WrittenArtifact,
+    activation_layers,
     atomic_open,
     content_hash,
     delete,
     exists,
     fingerprint,
+    load_activation_pairs,
     read_bytes,
     read_frame,
     read_frames,
-    load_activation_pairs,
-    activation_layers,
     read_schema,
     read_table,
     write_bytes,
     write_table,
 )
 from .fs import DEFAULT_STORE_URL, SUPPORTED_SCHEMES, StoreLocation, UnsupportedStoreError, resolve_store
-from .layout import LOCK_NAME, MANIFEST_NAME, PHASES, REPORT_NAME, artifact_relpath, shard_phase, split_shard_phase, validate_run_id
+from .layout import (
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PHASES,
+    REPORT_NAME,
+    artifact_relpath,
+    shard_phase,
+    split_shard_phase,
+    validate_run_id,
+)
 from .lock import LockInfo, RunLock, RunLockedError, break_lock, read_lock
 from .manifest import Manifest, OutputRecord, PhaseEntry, stable_hash
 from .schemas import SCHEMAS, ArtifactSchemaError, activations_schema, allows_extra_columns, schema_for

@@ -545,9 +545,7 @@ class ActivationWriter:
                     self._flush_layer(layer, self._buffered[layer])
             if self._writer is None:
                 if self.hidden is None:
-                    raise ValueError(
-                        f"no activations were written to {self.uri} and no hidden size was given"
-                    )
+                    raise ValueError(f"no activations were written to {self.uri} and no hidden size was given")
                 self._open()
             assert self._writer is not None and self._sink is not None
             self._writer.add_key_value_metadata(
@@ -806,7 +804,9 @@ def activation_layers(store: Any, uris: Sequence[str]) -> list[int]:
     items = list(found.items())
     for uri, layers in items[1:]:
         if layers != items[0][1]:
-            raise ValueError(f"activation shards disagree on layers: {items[0][0]} holds {items[0][1]}, {uri} holds {layers}")
+            raise ValueError(
+                f"activation shards disagree on layers: {items[0][0]} holds {items[0][1]}, {uri} holds {layers}"
+            )
     if not found:
         raise ValueError(f"none of the activation artifacts {list(uris)} holds any rows")
     return next(iter(found.values()))

@@ -82,8 +82,7 @@ class StoreLocation:
         scheme = _scheme_of(uri)
         if scheme not in ("", self.protocol) and not (scheme == "s3a" and self.protocol == "s3"):
             raise ValueError(
-                f"URI {uri!r} does not belong to store {self.url!r} "
-                f"(scheme {scheme!r}, store scheme {self.protocol!r})"
+                f"URI {uri!r} does not belong to store {self.url!r} (scheme {scheme!r}, store scheme {self.protocol!r})"
             )
         if self.protocol == "file":
             return _local_path(uri)
@@ -178,6 +177,4 @@ def filesystem_for(
         else:
             loc = resolve_store(uri, storage_options)
         return loc.fs, loc.to_path(uri), loc
-    raise TypeError(
-        f"expected an ArtifactStore, StoreLocation, fsspec filesystem or None, got {type(target)!r}"
-    )
+    raise TypeError(f"expected an ArtifactStore, StoreLocation, fsspec filesystem or None, got {type(target)!r}")

@@ -24,9 +24,10 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from . import artifacts as _a
 from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
@@ -49,7 +50,7 @@ _SHORT = 12
 
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _parse_time(s: str | None) -> datetime | None:
@@ -164,9 +165,7 @@ class Manifest:
         self.sims_version = sims_version
         self.created_at = created_at or utc_now()
         self.updated_at = updated_at
-        self._entries: dict[tuple[int, str], PhaseEntry] = {
-            (e.iteration, e.phase): e for e in (entries or [])
-        }
+        self._entries: dict[tuple[int, str], PhaseEntry] = {(e.iteration, e.phase): e for e in (entries or [])}
 
     # ------------------------------------------------------------ (de)serialisation
     @property
@@ -336,8 +335,11 @@ class Manifest:
             base, _, count = split_shard_phase(e.phase)
             if e.iteration == iteration and base == phase:
                 plans.setdefault(count, []).append(e)
-        complete = [(max(x.finished_at or "" for x in group), count) for count, group in plans.items()
-                    if len(group) == count and all(x.status == "completed" for x in group)]
+        complete = [
+            (max(x.finished_at or "" for x in group), count)
+            for count, group in plans.items()
+            if len(group) == count and all(x.status == "completed" for x in group)
+        ]
         if not complete:
             return []
         _, count = max(complete)

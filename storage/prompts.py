@@ -91,9 +91,7 @@ def load_prompt_texts(
     unsupported extension, a missing ``column``, non-string or empty values, or a dataset that
     cannot be loaded; each message is one sentence naming the source.
     """
-    return load_prompt_table(
-        source, column=column, split=split, storage_options=storage_options
-    ).texts
+    return load_prompt_table(source, column=column, split=split, storage_options=storage_options).texts
 
 
 def load_prompt_table(
@@ -109,9 +107,7 @@ def load_prompt_table(
         raise TypeError(f"prompt source must be a string or path, got {type(source).__name__}")
     source = os.fspath(source).strip()
     if not source:
-        raise PromptSourceError(
-            "prompt source is empty: give 'default', a file path/URL or 'hf:NAME[:CONFIG]'"
-        )
+        raise PromptSourceError("prompt source is empty: give 'default', a file path/URL or 'hf:NAME[:CONFIG]'")
     if source == DEFAULT_SOURCE:
         from sims_core.prompts import default_prompts
 
@@ -135,9 +131,7 @@ def _is_saved_dataset(fs: fsspec.AbstractFileSystem, path: str) -> bool:
     try:
         if fs.isfile(f"{path.rstrip('/')}/dataset_dict.json"):
             return True
-        return fs.isfile(f"{path.rstrip('/')}/state.json") and fs.isfile(
-            f"{path.rstrip('/')}/dataset_info.json"
-        )
+        return fs.isfile(f"{path.rstrip('/')}/state.json") and fs.isfile(f"{path.rstrip('/')}/dataset_info.json")
     except OSError:
         return False
 
@@ -154,8 +148,7 @@ def _load_file(
     if fs.isdir(path):
         if _is_saved_dataset(fs, path):
             raise PromptSourceError(
-                f"prompt source {source!r} is a saved Hugging Face dataset directory: "
-                f"pass it as 'hf:{source}'"
+                f"prompt source {source!r} is a saved Hugging Face dataset directory: pass it as 'hf:{source}'"
             )
         raise PromptSourceError(
             f"prompt source {source!r} is a directory, not a file: give a "
@@ -194,9 +187,7 @@ def _read_parquet(
     return names, data
 
 
-def _read_csv(
-    fs: fsspec.AbstractFileSystem, path: str, source: str
-) -> tuple[list[str], dict[str, list[Any]]]:
+def _read_csv(fs: fsspec.AbstractFileSystem, path: str, source: str) -> tuple[list[str], dict[str, list[Any]]]:
     with fs.open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
         reader = csv.DictReader(text)
@@ -220,17 +211,14 @@ def _read_json(
             doc = json.loads(raw)
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # "Extra data": several documents, i.e. JSON lines
-                raise PromptSourceError(
-                    f"prompt file {source!r} is not valid JSON (line {e.lineno}: {e.msg})"
-                ) from e
+                raise PromptSourceError(f"prompt file {source!r} is not valid JSON (line {e.lineno}: {e.msg})") from e
             lines = True
         else:
             if isinstance(doc, dict) and doc and all(isinstance(v, list) for v in doc.values()):
                 lengths = {len(v) for v in doc.values()}
                 if len(lengths) != 1:
                     raise PromptSourceError(
-                        f"prompt file {source!r} is an object of columns with different "
-                        f"lengths {sorted(lengths)}"
+                        f"prompt file {source!r} is an object of columns with different lengths {sorted(lengths)}"
                     )
                 return list(doc), {k: list(v) for k, v in doc.items()}
             if not isinstance(doc, list):
@@ -247,16 +235,14 @@ def _read_json(
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise PromptSourceError(
-                    f"prompt file {source!r} line {lineno} is not valid JSON ({e.msg})"
-                ) from e
+                raise PromptSourceError(f"prompt file {source!r} line {lineno} is not valid JSON ({e.msg})") from e
     names: list[str] = []
     seen: set[str] = set()
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise PromptSourceError(
                 f"prompt file {source!r} row {i} is a JSON {type(row).__name__}, expected an "
-                "object such as {\"prompt\": \"...\"}"
+                'object such as {"prompt": "..."}'
             )
         for k in row:
             if k not in seen:
@@ -278,9 +264,7 @@ def _load_hf(
     spec = source[len(HF_PREFIX) :]
     name, _, config = spec.partition(":")
     if not name:
-        raise PromptSourceError(
-            f"prompt source {source!r} names no dataset; expected 'hf:NAME[:CONFIG]'"
-        )
+        raise PromptSourceError(f"prompt source {source!r} names no dataset; expected 'hf:NAME[:CONFIG]'")
     import datasets
 
     if name in _PACKAGED_BUILDERS:
@@ -298,8 +282,7 @@ def _load_hf(
             if isinstance(ds, datasets.DatasetDict):
                 if split not in ds:
                     raise PromptSourceError(
-                        f"{what} (saved on disk) has no split {split!r}; its splits are "
-                        f"{sorted(ds)}"
+                        f"{what} (saved on disk) has no split {split!r}; its splits are {sorted(ds)}"
                     )
                 ds = ds[split]
         elif name in _PACKAGED_BUILDERS:
@@ -308,20 +291,15 @@ def _load_hf(
                     f"prompt source {source!r} uses the {name} builder without data files; "
                     f"write 'hf:{name}:PATH_OR_URL'"
                 )
-            ds = datasets.load_dataset(
-                name, data_files=config, split=split, storage_options=storage_options
-            )
+            ds = datasets.load_dataset(name, data_files=config, split=split, storage_options=storage_options)
         else:
-            ds = datasets.load_dataset(
-                name, config or None, split=split, storage_options=storage_options
-            )
+            ds = datasets.load_dataset(name, config or None, split=split, storage_options=storage_options)
     except PromptSourceError:
         raise
     except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as e:
         if name in _PACKAGED_BUILDERS:
             raise PromptSourceError(
-                f"data files {config!r} for the Hugging Face {name} builder were not found "
-                f"({type(e).__name__}: {e})"
+                f"data files {config!r} for the Hugging Face {name} builder were not found ({type(e).__name__}: {e})"
             ) from e
         raise PromptSourceError(
             f"{what} could not be loaded ({type(e).__name__}: {e}); check the name, and without "
@@ -333,9 +311,7 @@ def _load_hf(
             raise PromptSourceError(f"{what} has no split {split!r} ({e})") from e
         raise
     if not isinstance(ds, datasets.Dataset):
-        raise PromptSourceError(
-            f"{what} loaded as {type(ds).__name__}, expected one split (a Dataset)"
-        )
+        raise PromptSourceError(f"{what} loaded as {type(ds).__name__}, expected one split (a Dataset)")
     names = list(ds.column_names)
     wanted = [column] + ([category_column] if category_column and category_column != column else [])
     data = {c: list(ds[c]) for c in wanted if c in names}
@@ -361,8 +337,7 @@ def _table(
     label = what if what != "prompt file" else f"prompt file {source!r}"
     if column not in columns:
         raise PromptSourceError(
-            f"{label} has no column {column!r}; its columns are {columns} "
-            "(pass column=... to choose one)"
+            f"{label} has no column {column!r}; its columns are {columns} (pass column=... to choose one)"
         )
     values = data[column]
     if not values:
@@ -378,9 +353,7 @@ def _table(
                 f"({', '.join(kinds)}) at rows {_rows(non_string)}"
             )
         if empty:
-            parts.append(
-                f"{len(empty)} empty value{'s' if len(empty) != 1 else ''} at rows {_rows(empty)}"
-            )
+            parts.append(f"{len(empty)} empty value{'s' if len(empty) != 1 else ''} at rows {_rows(empty)}")
         raise PromptSourceError(
             f"column {column!r} of {label} has {' and '.join(parts)} "
             f"(rows counted from 1, out of {len(values)}); every prompt must be a non-empty string"

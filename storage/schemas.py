@@ -78,14 +78,10 @@ def _schema(name: str, fields: list[pa.Field], allow_extra: bool) -> pa.Schema:
     )
 
 
-_VALUES_PLACEHOLDER = pa.field(
-    "values", pa.list_(pa.float32()), nullable=False, metadata={_FSL: b"float16|float32"}
-)
+_VALUES_PLACEHOLDER = pa.field("values", pa.list_(pa.float32()), nullable=False, metadata={_FSL: b"float16|float32"})
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "prompts": _schema(
-        "prompts", [_s("prompt_id"), _s("prompt"), _s("split")], allow_extra=True
-    ),
+    "prompts": _schema("prompts", [_s("prompt_id"), _s("prompt"), _s("split")], allow_extra=True),
     "generations": _schema(
         "generations",
         [
@@ -148,9 +144,7 @@ def schema_for(name: str) -> pa.Schema:
     try:
         return SCHEMAS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown artifact schema {name!r}; known schemas: {', '.join(sorted(SCHEMAS))}"
-        ) from None
+        raise ValueError(f"unknown artifact schema {name!r}; known schemas: {', '.join(sorted(SCHEMAS))}") from None
 
 
 def allows_extra_columns(name: str) -> bool:
@@ -166,9 +160,7 @@ def activations_schema(hidden: int, dtype: str = "float32") -> pa.Schema:
         raise ValueError(f"hidden size must be a positive int, got {hidden!r}")
     base = SCHEMAS["activations"]
     fields = [
-        pa.field("values", pa.list_(pa.from_numpy_dtype(dtype), hidden), nullable=False)
-        if f.name == "values"
-        else f
+        pa.field("values", pa.list_(pa.from_numpy_dtype(dtype), hidden), nullable=False) if f.name == "values" else f
         for f in base
     ]
     return pa.schema(fields, metadata=base.metadata)
@@ -263,9 +255,7 @@ def conform_table(
     declared_names = set(declared.names)
     for field in declared:
         if field.name not in names:
-            raise ArtifactSchemaError(
-                path, field.name, "is missing", describe_type(field), schema_name
-            )
+            raise ArtifactSchemaError(path, field.name, "is missing", describe_type(field), schema_name)
         col = table.column(field.name)
         try:
             cast = _cast_column(col, field)
@@ -327,9 +317,7 @@ def check_schema(actual: pa.Schema, schema: str | pa.Schema, path: str, schema_n
         else:
             ok = got.equals(field.type)
         if not ok:
-            raise ArtifactSchemaError(
-                path, field.name, f"has type {got}", describe_type(field), schema_name
-            )
+            raise ArtifactSchemaError(path, field.name, f"has type {got}", describe_type(field), schema_name)
     if not allow_extra:
         for name in names:
             if name not in declared.names:

@@ -22,15 +22,24 @@ def pair_id(prompt: str, chosen: str, rejected: str) -> str:
 
 def pairs_from_frame(frame: pd.DataFrame) -> list[PreferencePair]:
     return [
-        PreferencePair(prompt=r.prompt, chosen=r.chosen, rejected=r.rejected, margin=float(r.margin),
-                       iteration=int(r.source_iteration), source=r.source,
-                       chosen_score=float(r.chosen_score), rejected_score=float(r.rejected_score))
+        PreferencePair(
+            prompt=r.prompt,
+            chosen=r.chosen,
+            rejected=r.rejected,
+            margin=float(r.margin),
+            iteration=int(r.source_iteration),
+            source=r.source,
+            chosen_score=float(r.chosen_score),
+            rejected_score=float(r.rejected_score),
+        )
         for r in frame.itertuples(index=False)
     ]
 
 
 @task(name="build-buffer", cache_policy=NO_CACHE)
-def build_buffer(ctx: PhaseContext, generations_uris: list[str], rankings_uris: list[str], previous_buffer_uri: str | None) -> str:
+def build_buffer(
+    ctx: PhaseContext, generations_uris: list[str], rankings_uris: list[str], previous_buffer_uri: str | None
+) -> str:
     """Best-vs-worst (or top-m vs bottom-m) pairs of this iteration, merged with the previous
     iteration's bank (when ``memory``) and cut to the highest-margin ``buffer_budget`` pairs.
     Reads every shard of the generations and rankings phases and merges them in prompt-id order."""
@@ -43,15 +52,21 @@ def build_buffer(ctx: PhaseContext, generations_uris: list[str], rankings_uris: 
         ranks = store.read_frames(rankings_uris, "rankings")
         merged = gens.merge(ranks, on=["prompt_id", "sample_index"], how="inner", validate="one_to_one")
         if len(merged) != len(gens):
-            raise ValueError(f"the rankings {rankings_uris} score {len(merged)} of the {len(gens)} answers in "
-                             f"the generations {generations_uris}")
+            raise ValueError(
+                f"the rankings {rankings_uris} score {len(merged)} of the {len(gens)} answers in "
+                f"the generations {generations_uris}"
+            )
         merged = merged.sort_values(["prompt_id", "sample_index"])
         groups = [g for _, g in merged.groupby("prompt_id", sort=False)]
         empty = int((merged["text"].str.strip() == "").sum())
         pairset = pairs_from_scores(
-            [g["prompt"].iloc[0] for g in groups], [g["text"].tolist() for g in groups],
-            [g["score"].tolist() for g in groups], strategy=cfg.pair_strategy, m=cfg.pairs_per_prompt,
-            iteration=ctx.iteration, oracle=cfg.oracle,
+            [g["prompt"].iloc[0] for g in groups],
+            [g["text"].tolist() for g in groups],
+            [g["score"].tolist() for g in groups],
+            strategy=cfg.pair_strategy,
+            m=cfg.pairs_per_prompt,
+            iteration=ctx.iteration,
+            oracle=cfg.oracle,
         )
         usable = [p for p in pairset.pairs if p.chosen.strip() and p.rejected.strip()]
         skipped = dict(pairset.skipped)
@@ -63,8 +78,15 @@ def build_buffer(ctx: PhaseContext, generations_uris: list[str], rankings_uris: 
         report = bank.update(usable, ctx.iteration)
         log.info(
             "iteration %d buffer: %d new pairs from %d prompts (%d empty answers; skipped %s); bank keeps %d "
-            "(%d new), dropped %s", ctx.iteration, len(usable), pairset.prompts, empty, skipped or "none",
-            report.kept, report.new_kept, report.dropped or "none",
+            "(%d new), dropped %s",
+            ctx.iteration,
+            len(usable),
+            pairset.prompts,
+            empty,
+            skipped or "none",
+            report.kept,
+            report.new_kept,
+            report.dropped or "none",
         )
         if not bank.pairs:
             raise ValueError(
@@ -76,7 +98,9 @@ def build_buffer(ctx: PhaseContext, generations_uris: list[str], rankings_uris: 
         frame = pd.DataFrame(
             {
                 "pair_id": [pair_id(p.prompt, p.chosen, p.rejected) for p in bank.pairs],
-                "prompt_id": [ids.get(p.prompt, hashlib.sha256(p.prompt.encode()).hexdigest()[:12]) for p in bank.pairs],
+                "prompt_id": [
+                    ids.get(p.prompt, hashlib.sha256(p.prompt.encode()).hexdigest()[:12]) for p in bank.pairs
+                ],
                 "prompt": [p.prompt for p in bank.pairs],
                 "chosen": [p.chosen for p in bank.pairs],
                 "rejected": [p.rejected for p in bank.pairs],

@@ -58,8 +58,13 @@ class ShardsFailed(RuntimeError):
 
 def unit_task(unit: str):
     """The Prefect task that computes ``unit``."""
-    table = {"generations": generate_answers, "rankings": rank_answers, "activations": extract_activations,
-             "steering": fit_steering_set, "eval": evaluate_policy}
+    table = {
+        "generations": generate_answers,
+        "rankings": rank_answers,
+        "activations": extract_activations,
+        "steering": fit_steering_set,
+        "eval": evaluate_policy,
+    }
     try:
         return table[unit]
     except KeyError:
@@ -73,8 +78,10 @@ def _require(module: str, package: str, engine: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise EngineError(f"engine {engine!r} needs the package {package}: pip install '{package}' "
-                          f"(or `pip install -e '.[{engine}]'`); import failed: {exc}") from None
+        raise EngineError(
+            f"engine {engine!r} needs the package {package}: pip install '{package}' "
+            f"(or `pip install -e '.[{engine}]'`); import failed: {exc}"
+        ) from None
 
 
 def _api_env() -> dict[str, str]:
@@ -100,9 +107,13 @@ def task_runner_for(cfg: SimsConfig) -> TaskRunner:
         prefect_dask = _require("prefect_dask", "prefect-dask", "dask")
         if "address" in options:
             return prefect_dask.DaskTaskRunner(address=options["address"])
-        cluster = {"n_workers": options.get("n_workers", min(cfg.shards, os.cpu_count() or 1)),
-                   "threads_per_worker": options.get("threads_per_worker", 1),
-                   "processes": options.get("processes", True), "dashboard_address": None, "env": _api_env()}
+        cluster = {
+            "n_workers": options.get("n_workers", min(cfg.shards, os.cpu_count() or 1)),
+            "threads_per_worker": options.get("threads_per_worker", 1),
+            "processes": options.get("processes", True),
+            "dashboard_address": None,
+            "env": _api_env(),
+        }
         return prefect_dask.DaskTaskRunner(cluster_kwargs=cluster)
     if cfg.engine == "ray":
         prefect_ray = _require("prefect_ray", "prefect-ray", "ray")
@@ -143,8 +154,10 @@ def _check_reachable(engine: str, what: str, address: str, default_port: int, ti
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
-        raise EngineError(f"engine {engine!r}: cannot reach the {what} at {address} ({host}:{port}): {exc}; "
-                          f"start it or fix engine_options.address") from None
+        raise EngineError(
+            f"engine {engine!r}: cannot reach the {what} at {address} ({host}:{port}): {exc}; "
+            f"start it or fix engine_options.address"
+        ) from None
 
 
 def _check_deployment(name: str) -> None:
@@ -155,9 +168,11 @@ def _check_deployment(name: str) -> None:
         with get_client(sync_client=True) as client:
             client.read_deployment_by_name(name)
     except ObjectNotFound:
-        raise EngineError(f"engine 'deployment': the Prefect API has no deployment {name!r}; deploy the phase "
-                          f"worker first (`prefect deploy --name gpu` from prefect.yaml) or set "
-                          f"engine_options.deployment") from None
+        raise EngineError(
+            f"engine 'deployment': the Prefect API has no deployment {name!r}; deploy the phase "
+            f"worker first (`prefect deploy --name gpu` from prefect.yaml) or set "
+            f"engine_options.deployment"
+        ) from None
 
 
 def check_engine(cfg: SimsConfig, *, with_api: bool = True) -> None:
@@ -187,9 +202,11 @@ def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _retry_options(cfg: SimsConfig) -> dict[str, Any]:
-    return {"retries": cfg.engine_options.get("retries", DEFAULT_RETRIES),
-            "retry_delay_seconds": cfg.engine_options.get("retry_delay_seconds", 0),
-            "retry_condition_fn": _worth_retrying}
+    return {
+        "retries": cfg.engine_options.get("retries", DEFAULT_RETRIES),
+        "retry_delay_seconds": cfg.engine_options.get("retry_delay_seconds", 0),
+        "retry_condition_fn": _worth_retrying,
+    }
 
 
 def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> list[Any]:
@@ -203,8 +220,10 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
     log = phase_logger()
     names = [_phase_name(unit, call) for call in calls]
     if cfg.engine == "deployment":
-        futures = [run_remote.with_options(task_run_name=f"dispatch-{name}").submit(ctx, unit, call)
-                   for name, call in zip(names, calls)]
+        futures = [
+            run_remote.with_options(task_run_name=f"dispatch-{name}").submit(ctx, unit, call)
+            for name, call in zip(names, calls)
+        ]
     else:
         base = unit_task(unit)
         futures = []
@@ -223,9 +242,13 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
             results.append(None)
     if failures:
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures)
-        log.error("iteration %d: %d of %d %s unit(s) failed: %s", ctx.iteration, len(failures), len(calls), unit, detail)
-        error = ShardsFailed(f"iteration {ctx.iteration}: {len(failures)} of {len(calls)} {unit} shard(s) failed "
-                             f"({detail}); the others are saved, rerun the same run id to compute only these")
+        log.error(
+            "iteration %d: %d of %d %s unit(s) failed: %s", ctx.iteration, len(failures), len(calls), unit, detail
+        )
+        error = ShardsFailed(
+            f"iteration {ctx.iteration}: {len(failures)} of {len(calls)} {unit} shard(s) failed "
+            f"({detail}); the others are saved, rerun the same run id to compute only these"
+        )
         first = failures[0][1]
         raise error from first if isinstance(first, BaseException) else error
     return results
@@ -284,19 +307,30 @@ def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
         flow_run = _create_or_attach(name, parameters, key)
         state = flow_run.state
         if state is not None and state.is_final() and not state.is_completed():
-            log.info("%s: an earlier flow run %s with this key ended %s; starting a new attempt", key, flow_run.id,
-                     state.type.value)
+            log.info(
+                "%s: an earlier flow run %s with this key ended %s; starting a new attempt",
+                key,
+                flow_run.id,
+                state.type.value,
+            )
             attempt += 1
             continue
-        log.info("%s: flow run %s on deployment %s (%s)", _phase_name(unit, call), flow_run.id, name,
-                 state.type.value if state is not None else "new")
+        log.info(
+            "%s: flow run %s on deployment %s (%s)",
+            _phase_name(unit, call),
+            flow_run.id,
+            name,
+            state.type.value if state is not None else "new",
+        )
         last_state = _wait(flow_run.id, timeout)
         if last_state.is_completed():
             break
         failures += 1
         if failures > retries:
-            raise ShardsFailed(f"{_phase_name(unit, call)} of iteration {ctx.iteration}: flow run {flow_run.id} on "
-                               f"deployment {name!r} ended {last_state.type.value}: {last_state.message}")
+            raise ShardsFailed(
+                f"{_phase_name(unit, call)} of iteration {ctx.iteration}: flow run {flow_run.id} on "
+                f"deployment {name!r} ended {last_state.type.value}: {last_state.message}"
+            )
         attempt += 1
     return _outputs(ctx, unit, call)
 
@@ -318,8 +352,10 @@ def _wait(flow_run_id: Any, timeout: float | None, poll: float = 2.0) -> Any:
             if state is not None and state.is_final():
                 return state
             if deadline is not None and time.monotonic() > deadline:
-                raise ShardsFailed(f"flow run {flow_run_id} did not finish within engine_options.timeout={timeout} s "
-                                   f"(is a worker polling the deployment's work pool?)")
+                raise ShardsFailed(
+                    f"flow run {flow_run_id} did not finish within engine_options.timeout={timeout} s "
+                    f"(is a worker polling the deployment's work pool?)"
+                )
             time.sleep(poll)
 
 
@@ -329,9 +365,11 @@ def _outputs(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
     phase = _phase_name(unit, call)
     entry = manifest.entry(ctx.iteration, phase)
     if entry is None or entry.status != "completed":
-        raise ShardsFailed(f"the remote run of {phase} (iteration {ctx.iteration}) completed but the manifest of "
-                           f"{ctx.run_id} in {ctx.store_url} records it as {entry.status if entry else 'missing'}: "
-                           f"does the worker see the same store?")
+        raise ShardsFailed(
+            f"the remote run of {phase} (iteration {ctx.iteration}) completed but the manifest of "
+            f"{ctx.run_id} in {ctx.store_url} records it as {entry.status if entry else 'missing'}: "
+            f"does the worker see the same store?"
+        )
     outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
     return outputs if unit == "steering" else next(iter(outputs.values()))
 
@@ -339,4 +377,3 @@ def _outputs(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
 def run_unit_here(unit: str, context: dict[str, Any], arguments: dict[str, Any]) -> Any:
     """What the phase-worker flow does: compute one unit in this process."""
     return unit_task(unit)(PhaseContext(**context), **arguments)
-

@@ -13,11 +13,36 @@ from tasks.runtime import base_model, load_steering, make_oracle
 
 __all__ = ["evaluate_policy", "EVAL_FIELDS", "summary_from_eval"]
 
-EVAL_FIELDS = ("judge", "judge_options", "eval_samples", "max_eval_prompts", "max_new_tokens", "temperature", "top_p",
-               "control_temperature", "seed", "model", "system_prompt", "positions")
-_METRICS = ("win_rate", "ci_low", "ci_high", "lc_win_rate", "mean_score", "reference_mean_score", "mean_length",
-            "reference_mean_length", "truncated", "distinct_2", "reference_distinct_2", "judge_matched_rate",
-            "judge_order_agreement", "n")
+EVAL_FIELDS = (
+    "judge",
+    "judge_options",
+    "eval_samples",
+    "max_eval_prompts",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "control_temperature",
+    "seed",
+    "model",
+    "system_prompt",
+    "positions",
+)
+_METRICS = (
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "lc_win_rate",
+    "mean_score",
+    "reference_mean_score",
+    "mean_length",
+    "reference_mean_length",
+    "truncated",
+    "distinct_2",
+    "reference_distinct_2",
+    "judge_matched_rate",
+    "judge_order_agreement",
+    "n",
+)
 
 
 def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:
@@ -40,10 +65,19 @@ def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_c
         steering = load_steering(store, steering_uri, lm)
         judge = make_oracle(cfg.judge, cfg.judge_options, lm)
         result = evaluate(
-            lm, prompts, steering, judge=judge, positions=cfg.positions, num_samples=cfg.eval_samples,
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            seed=derive_seed(cfg.seed, 0, "eval"), batch_size=cfg.batch_size,
-            controls=CONTROLS if with_controls else (), control_temperature=cfg.control_temperature,
+            lm,
+            prompts,
+            steering,
+            judge=judge,
+            positions=cfg.positions,
+            num_samples=cfg.eval_samples,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            seed=derive_seed(cfg.seed, 0, "eval"),
+            batch_size=cfg.batch_size,
+            controls=CONTROLS if with_controls else (),
+            control_temperature=cfg.control_temperature,
             sanity=with_controls,  # the judge's sanity figures only depend on the base model's answers
         )
         log = phase_logger()
@@ -51,11 +85,21 @@ def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_c
             log.info("iteration %d evaluation: %s", ctx.iteration, note)
         summary = result.summary
         for row in summary.itertuples(index=False):
-            log.info("iteration %d %s: win rate %.3f [%.3f, %.3f], length-controlled %.3f, judge %s",
-                     ctx.iteration, row.condition, row.win_rate, row.ci_low, row.ci_high, row.lc_win_rate, row.judge)
+            log.info(
+                "iteration %d %s: win rate %.3f [%.3f, %.3f], length-controlled %.3f, judge %s",
+                ctx.iteration,
+                row.condition,
+                row.win_rate,
+                row.ci_low,
+                row.ci_high,
+                row.lc_win_rate,
+                row.judge,
+            )
         long = [
             {"kind": "summary", "condition": row["condition"], "metric": metric, "value": float(row[metric])}
-            for _, row in summary.iterrows() for metric in _METRICS if metric in summary.columns
+            for _, row in summary.iterrows()
+            for metric in _METRICS
+            if metric in summary.columns
         ]
         rows = result.rows.rename(columns={"preference": "value"}).assign(kind="comparison", metric="preference")
         table = pd.concat([pd.DataFrame(long), rows], ignore_index=True)
@@ -63,5 +107,11 @@ def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_c
             table[column] = table[column].fillna("").astype(str)
         return {"eval": store.write_table(ctx.uri("eval"), table, "eval")}
 
-    return run_phase(ctx, "eval", depends_on=EVAL_FIELDS, inputs={"steering": steering_uri, "split": split_uri},
-                     compute=compute, extra_key={"controls": bool(with_controls)}).uri
+    return run_phase(
+        ctx,
+        "eval",
+        depends_on=EVAL_FIELDS,
+        inputs={"steering": steering_uri, "split": split_uri},
+        compute=compute,
+        extra_key={"controls": bool(with_controls)},
+    ).uri

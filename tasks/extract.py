@@ -38,27 +38,48 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
         # token counts once per pair: they order the canonical groups and label the rows
         chosen_counts = [len(lm.encode_response(t)) for t in pairs["chosen"]]
         rejected_counts = [len(lm.encode_response(t)) for t in pairs["rejected"]]
-        lengths = [len(lm.encode_prompt(p)) + max(c, r) for p, c, r in zip(pairs["prompt"], chosen_counts, rejected_counts)]
+        lengths = [
+            len(lm.encode_prompt(p)) + max(c, r) for p, c, r in zip(pairs["prompt"], chosen_counts, rejected_counts)
+        ]
         groups = shard_groups(canonical_groups(pairs["pair_id"].tolist(), lengths, cfg.batch_size), shard, shards)
         per_token = cfg.learner in TOKEN_LEARNERS
         pooling = "none" if per_token else "mean"
         skipped_tokens = 0
         extracted = sum(len(group) for group in groups)
         desc = "extracting activations" if shards == 1 else f"extracting ({phase})"
-        with exclusive(lm), store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer, \
-                progress_bar(total=extracted, desc=desc, unit="pair") as bar:
+        with (
+            exclusive(lm),
+            store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer,
+            progress_bar(total=extracted, desc=desc, unit="pair") as bar,
+        ):
             for group in groups:  # one batch each: the same batches whatever the number of shards
                 chunk = pairs.iloc[group]
                 prompts = chunk["prompt"].tolist()
                 ids = chunk["pair_id"].tolist()
-                chosen = capture_activations(lm, prompts, chunk["chosen"].tolist(), layers, pooling=pooling,
-                                             batch_size=cfg.batch_size, progress=False)
-                rejected = capture_activations(lm, prompts, chunk["rejected"].tolist(), layers, pooling=pooling,
-                                               batch_size=cfg.batch_size, progress=False)
+                chosen = capture_activations(
+                    lm,
+                    prompts,
+                    chunk["chosen"].tolist(),
+                    layers,
+                    pooling=pooling,
+                    batch_size=cfg.batch_size,
+                    progress=False,
+                )
+                rejected = capture_activations(
+                    lm,
+                    prompts,
+                    chunk["rejected"].tolist(),
+                    layers,
+                    pooling=pooling,
+                    batch_size=cfg.batch_size,
+                    progress=False,
+                )
                 for layer in layers:
                     if not per_token:
                         writer.write(layer, chosen[layer].numpy(), ids, "chosen", [chosen_counts[i] for i in group])
-                        writer.write(layer, rejected[layer].numpy(), ids, "rejected", [rejected_counts[i] for i in group])
+                        writer.write(
+                            layer, rejected[layer].numpy(), ids, "rejected", [rejected_counts[i] for i in group]
+                        )
                         continue
                     for pid, pos_tokens, neg_tokens in zip(ids, chosen[layer], rejected[layer]):
                         pos, neg, stats = align_pairs([pos_tokens], [neg_tokens], return_stats=True)
@@ -70,10 +91,20 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
                         writer.write(layer, neg.numpy(), row_ids, "rejected", 1)
                 bar.update(len(group))
         phase_logger().info(
-            "iteration %d %s: activations of %d pairs at layers %s (%s rows)%s", ctx.iteration, phase, extracted, layers,
-            writer.rows_written, f", {skipped_tokens} near-identical token positions skipped" if per_token else "",
+            "iteration %d %s: activations of %d pairs at layers %s (%s rows)%s",
+            ctx.iteration,
+            phase,
+            extracted,
+            layers,
+            writer.rows_written,
+            f", {skipped_tokens} near-identical token positions skipped" if per_token else "",
         )
         return {"activations": writer.result}
 
-    return run_phase(ctx, phase, depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
-                     inputs={"buffer": buffer_uri}, compute=compute).uri
+    return run_phase(
+        ctx,
+        phase,
+        depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
+        inputs={"buffer": buffer_uri},
+        compute=compute,
+    ).uri

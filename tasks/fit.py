@@ -17,13 +17,31 @@ from tasks.runtime import base_model, load_steering, make_oracle
 
 __all__ = ["fit_steering_set", "FIT_FIELDS"]
 
-FIT_FIELDS = ("learner", "learner_options", "layers", "top_k", "alphas", "max_nll_increase", "warm_start", "positions", "oracle",
-              "oracle_options", "max_val_prompts", "max_new_tokens", "temperature", "top_p", "seed", "model",
-              "system_prompt")
+FIT_FIELDS = (
+    "learner",
+    "learner_options",
+    "layers",
+    "top_k",
+    "alphas",
+    "max_nll_increase",
+    "warm_start",
+    "positions",
+    "oracle",
+    "oracle_options",
+    "max_val_prompts",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "model",
+    "system_prompt",
+)
 
 
 @task(name="fit-steering", cache_policy=NO_CACHE)
-def fit_steering_set(ctx: PhaseContext, activations_uris: list[str], split_uri: str, previous_steering_uri: str | None) -> dict[str, str]:
+def fit_steering_set(
+    ctx: PhaseContext, activations_uris: list[str], split_uri: str, previous_steering_uri: str | None
+) -> dict[str, str]:
     """Fit the learner on the activations (every shard, merged in pair-id order; warm-started from
     iteration t-1), then try the alpha grid on the validation prompts and keep the strength the
     training oracle likes best."""
@@ -40,36 +58,81 @@ def fit_steering_set(ctx: PhaseContext, activations_uris: list[str], split_uri: 
             pos[layer], neg[layer] = torch.from_numpy(chosen).float(), torch.from_numpy(rejected).float()
         warm = load_steering(store, previous_steering_uri, lm) if (cfg.warm_start and previous_steering_uri) else None
         if warm is not None and warm.learner != cfg.learner:
-            log.warning("warm start skipped: iteration %d used learner %s, this one uses %s", ctx.iteration - 1, warm.learner, cfg.learner)
+            log.warning(
+                "warm start skipped: iteration %d used learner %s, this one uses %s",
+                ctx.iteration - 1,
+                warm.learner,
+                cfg.learner,
+            )
             warm = None
         fitted = fit_steering(
-            cfg.learner, pos, neg, layers=layers, top_k=min(cfg.top_k, len(layers)),
-            seed=derive_seed(cfg.seed, ctx.iteration, "fit"), warm_start=warm, model=lm,
-            metadata={"iteration": ctx.iteration, "run_id": ctx.run_id}, **cfg.learner_options,
+            cfg.learner,
+            pos,
+            neg,
+            layers=layers,
+            top_k=min(cfg.top_k, len(layers)),
+            seed=derive_seed(cfg.seed, ctx.iteration, "fit"),
+            warm_start=warm,
+            model=lm,
+            metadata={"iteration": ctx.iteration, "run_id": ctx.run_id},
+            **cfg.learner_options,
         )
         if cfg.positions is not None:
             fitted = dataclasses.replace(fitted, default_positions=cfg.positions)
-        log.info("iteration %d: %s fitted on %d pairs; layer scores %s; kept %s", ctx.iteration, cfg.learner,
-                 len(next(iter(pos.values()))), {k: round(v, 3) for k, v in fitted.layer_scores.items()}, fitted.layers)
+        log.info(
+            "iteration %d: %s fitted on %d pairs; layer scores %s; kept %s",
+            ctx.iteration,
+            cfg.learner,
+            len(next(iter(pos.values()))),
+            {k: round(v, 3) for k, v in fitted.layer_scores.items()},
+            fitted.layers,
+        )
 
         split = store.read_frame(split_uri, "prompts")
         val = split[split["split"] == "val"]["prompt"].tolist()[: cfg.max_val_prompts]
         selection = select_strength(
-            lm, fitted, val, make_oracle(cfg.oracle, cfg.oracle_options, lm), alphas=cfg.alpha_grid,
-            max_nll_increase=cfg.max_nll_increase, positions=cfg.positions, seed=derive_seed(cfg.seed, ctx.iteration, "select"),
-            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+            lm,
+            fitted,
+            val,
+            make_oracle(cfg.oracle, cfg.oracle_options, lm),
+            alphas=cfg.alpha_grid,
+            max_nll_increase=cfg.max_nll_increase,
+            positions=cfg.positions,
+            seed=derive_seed(cfg.seed, ctx.iteration, "select"),
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            batch_size=cfg.batch_size,
         )
         rows = selection.rows
         chosen_row = next(row for row in rows if row["chosen"])
         if selection.disabled:
-            log.warning("iteration %d: no strength kept the answers fluent (NLL within %.2f nats of unsteered %.3f): "
-                        "steering is off (alpha 0) this iteration", ctx.iteration, cfg.max_nll_increase, rows[0]["nll"])
-        log.info("iteration %d: strength selection on %d validation prompts (unsteered score %.4f, NLL %.3f): chose "
-                 "layers %s alpha %g (score %.4f, NLL %.3f)", ctx.iteration, len(val), rows[0]["score"], rows[0]["nll"],
-                 selection.steering.layers, selection.steering.alpha, chosen_row["score"], chosen_row["nll"])
-        table = pd.DataFrame([{"metric": "val_score", "value": row["score"], **row} for row in rows]).drop(columns=["score"])
-        chosen = dataclasses.replace(selection.steering, selection={**selection.steering.selection,
-                                                                     "alpha_grid": list(cfg.alpha_grid), "candidates": rows})
+            log.warning(
+                "iteration %d: no strength kept the answers fluent (NLL within %.2f nats of unsteered %.3f): "
+                "steering is off (alpha 0) this iteration",
+                ctx.iteration,
+                cfg.max_nll_increase,
+                rows[0]["nll"],
+            )
+        log.info(
+            "iteration %d: strength selection on %d validation prompts (unsteered score %.4f, NLL %.3f): chose "
+            "layers %s alpha %g (score %.4f, NLL %.3f)",
+            ctx.iteration,
+            len(val),
+            rows[0]["score"],
+            rows[0]["nll"],
+            selection.steering.layers,
+            selection.steering.alpha,
+            chosen_row["score"],
+            chosen_row["nll"],
+        )
+        table = pd.DataFrame([{"metric": "val_score", "value": row["score"], **row} for row in rows]).drop(
+            columns=["score"]
+        )
+        chosen = dataclasses.replace(
+            selection.steering,
+            selection={**selection.steering.selection, "alpha_grid": list(cfg.alpha_grid), "candidates": rows},
+        )
         return {
             "steering": store.write_bytes(ctx.uri("steering"), chosen.to_bytes()),
             "selection": store.write_table(ctx.uri("selection"), table, "eval"),

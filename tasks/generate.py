@@ -7,8 +7,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core import generate
-from sims_core.seeding import derive_seed
 from sims_core.progress import progress_bar
+from sims_core.seeding import derive_seed
 from sims_core.sharding import canonical_groups, shard_groups
 from storage import shard_phase
 from tasks.phase import PhaseContext, run_phase
@@ -17,8 +17,18 @@ from tasks.runtime import base_model, exclusive, load_steering, policy, worker_s
 __all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame", "prompt_groups"]
 
 GENERATION_COLUMNS = ("prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason", "seed")
-GENERATION_FIELDS = ("model", "device", "dtype", "system_prompt", "num_samples", "max_new_tokens", "temperature",
-                     "top_p", "seed", "positions")
+GENERATION_FIELDS = (
+    "model",
+    "device",
+    "dtype",
+    "system_prompt",
+    "num_samples",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "positions",
+)
 
 
 def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
@@ -26,8 +36,17 @@ def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
     rows = []
     for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations):
         for index, g in enumerate(samples):
-            rows.append({"prompt_id": prompt_id, "prompt": prompt, "sample_index": index, "text": g.text,
-                         "num_tokens": g.num_tokens, "finish_reason": g.finish_reason, "seed": g.seed})
+            rows.append(
+                {
+                    "prompt_id": prompt_id,
+                    "prompt": prompt,
+                    "sample_index": index,
+                    "text": g.text,
+                    "num_tokens": g.num_tokens,
+                    "finish_reason": g.finish_reason,
+                    "seed": g.seed,
+                }
+            )
     return pd.DataFrame(rows, columns=list(GENERATION_COLUMNS))
 
 
@@ -39,7 +58,9 @@ def prompt_groups(lm, prompts: pd.DataFrame, cfg) -> list[list[int]]:
 
 
 @task(name="generate", cache_policy=NO_CACHE)
-def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | None, shard: int = 0, shards: int = 1) -> str:
+def generate_answers(
+    ctx: PhaseContext, prompts_uri: str, steering_uri: str | None, shard: int = 0, shards: int = 1
+) -> str:
     """Sample ``num_samples`` answers to each of the iteration's prompts (those of ``shard`` when
     the phase is split in ``shards``) with pi_{t-1}."""
     phase = shard_phase("generations", shard, shards)
@@ -54,13 +75,22 @@ def generate_answers(ctx: PhaseContext, prompts_uri: str, steering_uri: str | No
         order = [i for group in groups for i in group]
         out = []
         desc = "generating" if shards == 1 else f"generating ({phase})"
-        with exclusive(lm), policy(lm, steering, cfg.positions), \
-                progress_bar(total=len(order) * cfg.num_samples, desc=desc, unit="answer") as bar:
+        with (
+            exclusive(lm),
+            policy(lm, steering, cfg.positions),
+            progress_bar(total=len(order) * cfg.num_samples, desc=desc, unit="answer") as bar,
+        ):
             for group in groups:  # one batch each: the same batches whatever the number of shards
                 out += generate(
-                    lm, prompts["prompt"].iloc[group].tolist(), num_samples=cfg.num_samples,
-                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    batch_size=cfg.batch_size, seed=derive_seed(cfg.seed, ctx.iteration, "generations"), progress=False,
+                    lm,
+                    prompts["prompt"].iloc[group].tolist(),
+                    num_samples=cfg.num_samples,
+                    max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    batch_size=cfg.batch_size,
+                    seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
+                    progress=False,
                 )
                 bar.update(len(group) * cfg.num_samples)
         prompts = prompts.iloc[order]

@@ -132,7 +132,10 @@ def run_phase(
     entry = manifest.complete(ctx.iteration, phase, written, config_hash=config_hash, input_hashes=input_hashes)
     outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
     log.info(
-        "iteration %d %s: done in %.1fs (%s rows)", ctx.iteration, phase, time.perf_counter() - started,
+        "iteration %d %s: done in %.1fs (%s rows)",
+        ctx.iteration,
+        phase,
+        time.perf_counter() - started,
         entry.rows if entry.rows is not None else "-",
     )
     return PhaseResult(outputs=outputs, computed=True, reason=reason)

@@ -17,8 +17,12 @@ SPLIT_FIELDS = ("prompts", "prompt_column", "prompt_split", "eval_fraction", "va
 
 def _frame(records) -> pd.DataFrame:
     return pd.DataFrame(
-        {"prompt_id": [r.prompt_id for r in records], "prompt": [r.prompt for r in records],
-         "split": [r.split for r in records], "category": [r.category or "" for r in records]}
+        {
+            "prompt_id": [r.prompt_id for r in records],
+            "prompt": [r.prompt for r in records],
+            "split": [r.split for r in records],
+            "category": [r.category or "" for r in records],
+        }
     )
 
 
@@ -49,11 +53,15 @@ def sample_iteration_prompts(ctx: PhaseContext, split_uri: str) -> str:
         cfg = ctx.cfg
         frame = ctx.store.read_frame(split_uri, "prompts")
         train = frame[frame["split"] == "train"]
-        records = [PromptRecord(r.prompt_id, r.prompt, r.category or None, r.split)
-                   for r in train[["prompt_id", "prompt", "category", "split"]].itertuples(index=False)]
+        records = [
+            PromptRecord(r.prompt_id, r.prompt, r.category or None, r.split)
+            for r in train[["prompt_id", "prompt", "category", "split"]].itertuples(index=False)
+        ]
         sample = sample_prompts(records, cfg.num_prompts, seed=cfg.seed, iteration=ctx.iteration)
         if sample.shortfall:
             phase_logger().warning("iteration %d: %s", ctx.iteration, sample.message)
         return {"prompts": ctx.store.write_table(ctx.uri("prompts"), _frame(sample.records), "prompts")}
 
-    return run_phase(ctx, "prompts", depends_on=("num_prompts", "seed"), inputs={"split": split_uri}, compute=compute).uri
+    return run_phase(
+        ctx, "prompts", depends_on=("num_prompts", "seed"), inputs={"split": split_uri}, compute=compute
+    ).uri

@@ -6,8 +6,8 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from storage import shard_phase
 from sims_core.sharding import shard_groups
+from storage import shard_phase
 from tasks.generate import prompt_groups
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import base_model, exclusive, make_oracle, worker_setup
@@ -30,31 +30,55 @@ def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shar
         frame = ctx.store.read_frame(generations_uri, "generations").sort_values(["prompt_id", "sample_index"])
         lm = base_model(cfg)
         prompt_table = ctx.store.read_frame(prompts_uri, "prompts")
-        batches = [prompt_table["prompt_id"].iloc[g].tolist()
-                   for g in shard_groups(prompt_groups(lm, prompt_table, cfg), shard, shards)]
+        batches = [
+            prompt_table["prompt_id"].iloc[g].tolist()
+            for g in shard_groups(prompt_groups(lm, prompt_table, cfg), shard, shards)
+        ]
         by_prompt = dict(list(frame.groupby("prompt_id", sort=False)))
         expected = {pid for batch in batches for pid in batch}
         if set(by_prompt) != expected:
-            raise ValueError(f"{generations_uri} answers prompts {sorted(set(by_prompt) ^ expected)[:3]}... that "
-                             f"{phase} of {prompts_uri} does not (or the reverse): was it written for another shard plan?")
+            raise ValueError(
+                f"{generations_uri} answers prompts {sorted(set(by_prompt) ^ expected)[:3]}... that "
+                f"{phase} of {prompts_uri} does not (or the reverse): was it written for another shard plan?"
+            )
         groups = [(pid, by_prompt[pid]) for batch in batches for pid in batch]
         oracle = make_oracle(cfg.oracle, cfg.oracle_options, lm)
         scores: list[list[float]] = []
         with exclusive(lm):
             for batch in batches:  # the batches generation used, whatever the number of shards
-                scores += oracle.score([by_prompt[pid]["prompt"].iloc[0] for pid in batch],
-                                       [by_prompt[pid]["text"].tolist() for pid in batch])
+                scores += oracle.score(
+                    [by_prompt[pid]["prompt"].iloc[0] for pid in batch],
+                    [by_prompt[pid]["text"].tolist() for pid in batch],
+                )
         rows = []
         for (prompt_id, group), prompt_scores in zip(groups, scores):
             order = sorted(range(len(prompt_scores)), key=lambda i: (-prompt_scores[i], i))
             rank = {index: position for position, index in enumerate(order)}
             for index, (sample_index, score) in enumerate(zip(group["sample_index"], prompt_scores)):
-                rows.append({"prompt_id": prompt_id, "sample_index": int(sample_index), "score": float(score),
-                             "rank": rank[index], "oracle": oracle.name})
+                rows.append(
+                    {
+                        "prompt_id": prompt_id,
+                        "sample_index": int(sample_index),
+                        "score": float(score),
+                        "rank": rank[index],
+                        "oracle": oracle.name,
+                    }
+                )
         out = pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
-        phase_logger().info("iteration %d %s: oracle %s mean score %.4f over %d answers", ctx.iteration, phase, oracle.name,
-                            out["score"].mean() if len(out) else float("nan"), len(out))
+        phase_logger().info(
+            "iteration %d %s: oracle %s mean score %.4f over %d answers",
+            ctx.iteration,
+            phase,
+            oracle.name,
+            out["score"].mean() if len(out) else float("nan"),
+            len(out),
+        )
         return {"rankings": ctx.store.write_table(ctx.uri(phase), out, "rankings")}
 
-    return run_phase(ctx, phase, depends_on=("oracle", "oracle_options", "model", "system_prompt"),
-                     inputs={"generations": generations_uri, "prompts": prompts_uri}, compute=compute).uri
+    return run_phase(
+        ctx,
+        phase,
+        depends_on=("oracle", "oracle_options", "model", "system_prompt"),
+        inputs={"generations": generations_uri, "prompts": prompts_uri},
+        compute=compute,
+    ).uri

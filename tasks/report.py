@@ -42,7 +42,14 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
             prefix = "" if condition == "steered" else f"{condition}_"
             row[f"{prefix}win_rate"] = float(summary.loc[condition, "win_rate"])
             if condition == "steered":
-                for metric in ("ci_low", "ci_high", "lc_win_rate", "mean_length", "reference_mean_length", "judge_matched_rate"):
+                for metric in (
+                    "ci_low",
+                    "ci_high",
+                    "lc_win_rate",
+                    "mean_length",
+                    "reference_mean_length",
+                    "judge_matched_rate",
+                ):
                     row[metric] = float(summary.loc[condition].get(metric, float("nan")))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -72,7 +79,11 @@ def render_report(run_id: str, config: dict, table: pd.DataFrame, plot_name: str
     lines.append("")
     lines.append("Iteration t's oracle score is that of the samples of pi_{t-1} (iteration 1: the base model).")
     lines.append("")
-    lines.append(table.to_markdown(index=False, floatfmt=".4f") if _has_tabulate() else "```\n" + table.to_string(index=False) + "\n```")
+    lines.append(
+        table.to_markdown(index=False, floatfmt=".4f")
+        if _has_tabulate()
+        else "```\n" + table.to_string(index=False) + "\n```"
+    )
     if plot_name:
         lines += ["", f"![oracle score and win rate per iteration]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -96,9 +107,14 @@ def _plot(table: pd.DataFrame) -> bytes:
     if "oracle_score" in table:
         left.plot(table["iteration"], table["oracle_score"], marker="o")
     left.set(title="training oracle score of samples", xlabel="iteration")
-    right.errorbar(table["iteration"], table["win_rate"],
-                   yerr=[table["win_rate"] - table["ci_low"], table["ci_high"] - table["win_rate"]], marker="o", capsize=3,
-                   label="steered")
+    right.errorbar(
+        table["iteration"],
+        table["win_rate"],
+        yerr=[table["win_rate"] - table["ci_low"], table["ci_high"] - table["win_rate"]],
+        marker="o",
+        capsize=3,
+        label="steered",
+    )
     for control in ("random_direction", "low_temperature"):
         column = f"{control}_win_rate"
         if column in table:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import inspect
 import threading
-from contextlib import contextmanager, nullcontext
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sims_core import LanguageModel, load_model, steer

@@ -16,8 +16,8 @@ from sims_core.oracles.base import (
     PairwiseJudge,
     check_scores,
     get_oracle,
-    oracle_factory,
     known_oracles,
+    oracle_factory,
     register_oracle,
     validate_candidates,
 )

@@ -19,7 +19,9 @@ def resolve_lm(model: LanguageModel | str | None, lm: LanguageModel | None, orac
         raise ValueError(f"{oracle}: give either lm= (the policy as judge) or model=, not both")
     chosen = lm if lm is not None else model
     if chosen is None:
-        raise ValueError(f"{oracle}: needs a judge model: lm=<the policy LanguageModel> or model='embedded' / a model id or directory")
+        raise ValueError(
+            f"{oracle}: needs a judge model: lm=<the policy LanguageModel> or model='embedded' / a model id or directory"
+        )
     if isinstance(chosen, LanguageModel):
         return chosen
     if isinstance(chosen, str):
@@ -37,7 +39,7 @@ def single_token_id(lm: LanguageModel, text: str, oracle: str) -> int:
 
 
 def _batches(order: list[int], batch_size: int) -> list[list[int]]:
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def _forward(lm: LanguageModel, rows: list[list[int]]) -> torch.Tensor:
@@ -47,8 +49,8 @@ def _forward(lm: LanguageModel, rows: list[list[int]]) -> torch.Tensor:
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     ids, mask = ids.to(lm.device), mask.to(lm.device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
@@ -56,8 +58,13 @@ def _forward(lm: LanguageModel, rows: list[list[int]]) -> torch.Tensor:
 
 @torch.inference_mode()
 def next_token_logprobs(
-    lm: LanguageModel, rows: Sequence[list[int]], token_ids: Sequence[int], *, batch_size: int = 16,
-    progress: bool = False, desc: str = "judging",
+    lm: LanguageModel,
+    rows: Sequence[list[int]],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "judging",
 ) -> list[list[float]]:
     """For each token row, the log-probabilities (over the full vocabulary) that the next
     token is each of ``token_ids``."""
@@ -76,8 +83,13 @@ def next_token_logprobs(
 
 @torch.inference_mode()
 def continuation_logprobs(
-    lm: LanguageModel, contexts: Sequence[list[int]], continuations: Sequence[list[int]], *, batch_size: int = 16,
-    progress: bool = False, desc: str = "scoring",
+    lm: LanguageModel,
+    contexts: Sequence[list[int]],
+    continuations: Sequence[list[int]],
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    desc: str = "scoring",
 ) -> list[float]:
     """Sum of log p(continuation tokens | context) for each (context, continuation)."""
     rows = [list(c) + list(x) for c, x in zip(contexts, continuations)]
@@ -96,7 +108,7 @@ def continuation_logprobs(
                 n = len(continuations[i])
                 target = torch.tensor(continuations[i], device=lm.device)
                 # logits at position p predict token p+1; the continuation fills the last n slots.
-                pred = logp[b, width - n - 1: width - 1, :]
+                pred = logp[b, width - n - 1 : width - 1, :]
                 out[i] = float(pred.gather(-1, target[:, None]).sum())
             bar.update(len(chunk))
     return out

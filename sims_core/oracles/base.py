@@ -55,17 +55,23 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate_candidates(prompts: object, candidates: object, oracle: str = "oracle") -> tuple[list[str], list[list[str]]]:
+def validate_candidates(
+    prompts: object, candidates: object, oracle: str = "oracle"
+) -> tuple[list[str], list[list[str]]]:
     """Check ``prompts`` (list of str) and ``candidates`` (one list of K >= 2 strings per
     prompt); return them as lists. K may differ between prompts."""
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise OracleError(f"{oracle}: prompts must be a list of strings, got {type(prompts).__name__}")
     if isinstance(candidates, str) or not isinstance(candidates, Sequence):
-        raise OracleError(f"{oracle}: candidates must be a list (one per prompt) of lists of strings, got {type(candidates).__name__}")
+        raise OracleError(
+            f"{oracle}: candidates must be a list (one per prompt) of lists of strings, got {type(candidates).__name__}"
+        )
     if len(candidates) == 0:
         raise OracleError(f"{oracle}: candidates is empty: give one list of K >= 2 answers per prompt")
     if len(prompts) != len(candidates):
-        raise OracleError(f"{oracle}: got {len(prompts)} prompts but {len(candidates)} candidate lists; give one list per prompt")
+        raise OracleError(
+            f"{oracle}: got {len(prompts)} prompts but {len(candidates)} candidate lists; give one list per prompt"
+        )
     out_prompts: list[str] = []
     out_candidates: list[list[str]] = []
     for i, (prompt, group) in enumerate(zip(prompts, candidates)):
@@ -97,7 +103,9 @@ def check_scores(
     for i, (row, group) in enumerate(zip(scores, candidates)):
         if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(group):
             got = len(row) if isinstance(row, Sequence) else type(row).__name__
-            raise OracleError(f"oracle {oracle!r} returned {got} scores for prompt {i} which has {len(group)} candidates")
+            raise OracleError(
+                f"oracle {oracle!r} returned {got} scores for prompt {i} which has {len(group)} candidates"
+            )
         values = []
         for j, value in enumerate(row):
             try:

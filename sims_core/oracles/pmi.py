@@ -59,9 +59,12 @@ class PMIOracle:
         targets = [judge.encode_response(p) for p in prompts]
         for i, t in enumerate(targets):
             if not t:
-                raise ValueError(f"pmi: prompt {i} is empty; the PMI judge scores answers by how well they predict the prompt")
-        values = continuation_logprobs(judge, contexts, targets, batch_size=self.batch_size,
-                                       progress=self.progress, desc="pmi scoring")
+                raise ValueError(
+                    f"pmi: prompt {i} is empty; the PMI judge scores answers by how well they predict the prompt"
+                )
+        values = continuation_logprobs(
+            judge, contexts, targets, batch_size=self.batch_size, progress=self.progress, desc="pmi scoring"
+        )
         if self.normalize:
             values = [v / len(t) for v, t in zip(values, targets)]
         return values

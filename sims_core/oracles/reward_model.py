@@ -57,7 +57,9 @@ class RewardModelOracle:
                 self.tokenizer = self.tokenizer or AutoTokenizer.from_pretrained(source, **kwargs)
                 self.model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
             except (OSError, ValueError) as exc:
-                raise OracleError(f"reward_model: could not load {source!r} as a sequence-classification model: {exc}") from exc
+                raise OracleError(
+                    f"reward_model: could not load {source!r} as a sequence-classification model: {exc}"
+                ) from exc
             self.name = f"reward_model({source})"
         else:
             if self.tokenizer is None:
@@ -92,11 +94,17 @@ class RewardModelOracle:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         with progress_bar(total=len(texts), desc="reward model", unit="answer", enabled=self.progress) as bar:
             for start in range(0, len(order), self.batch_size):
-                chunk = order[start:start + self.batch_size]
-                enc = self.tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True,
-                                     add_special_tokens=not getattr(self.tokenizer, "chat_template", None))
+                chunk = order[start : start + self.batch_size]
+                enc = self.tokenizer(
+                    [texts[i] for i in chunk],
+                    return_tensors="pt",
+                    padding=True,
+                    add_special_tokens=not getattr(self.tokenizer, "chat_template", None),
+                )
                 if limit is not None and enc["input_ids"].shape[1] > limit:
-                    raise OracleError(f"{self.name}: an input is {enc['input_ids'].shape[1]} tokens, over its limit of {limit}")
+                    raise OracleError(
+                        f"{self.name}: an input is {enc['input_ids'].shape[1]} tokens, over its limit of {limit}"
+                    )
                 enc = {k: v.to(self.device) for k, v in enc.items()}
                 logits = self.model(**enc).logits.float().reshape(len(chunk), -1)
                 for i, value in zip(chunk, logits[:, 0].tolist()):
@@ -110,6 +118,6 @@ class RewardModelOracle:
         values = self.score_texts(texts)
         scores, k = [], 0
         for group in candidates:
-            scores.append(values[k:k + len(group)])
+            scores.append(values[k : k + len(group)])
             k += len(group)
         return check_scores(self.name, prompts, candidates, scores)

@@ -53,7 +53,9 @@ class CallableOracle:
             self.fn = self.function
             self.name = f"callable({getattr(self.function, '__qualname__', type(self.function).__name__)})"
         else:
-            raise OracleError(f"callable oracle: function must be 'package.module:function' or a callable, got {self.function!r}")
+            raise OracleError(
+                f"callable oracle: function must be 'package.module:function' or a callable, got {self.function!r}"
+            )
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
@@ -81,7 +83,9 @@ def _build(spec: Any) -> tuple[Oracle, float]:
         return oracle, float(weight)
     if isinstance(spec, Oracle):
         return spec, 1.0
-    raise OracleError(f"sum: each component must be an oracle, (oracle, weight) or {{'name': ..., 'weight': ...}}, got {spec!r}")
+    raise OracleError(
+        f"sum: each component must be an oracle, (oracle, weight) or {{'name': ..., 'weight': ...}}, got {spec!r}"
+    )
 
 
 @dataclass

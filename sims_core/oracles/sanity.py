@@ -46,7 +46,9 @@ def judge_sanity(oracle: Oracle, prompts: Sequence[str], answers: Sequence[str],
     shift so no prompt meets its own answer."""
     n = len(prompts)
     if n < 2 or len(answers) != n:
-        raise OracleError(f"judge_sanity needs >= 2 prompts and one answer per prompt, got {n} prompts and {len(answers)} answers")
+        raise OracleError(
+            f"judge_sanity needs >= 2 prompts and one answer per prompt, got {n} prompts and {len(answers)} answers"
+        )
     shift = int(np.random.default_rng(seed).integers(1, n))
     others = [answers[(i + shift) % n] for i in range(n)]
     prompts, own = list(prompts), list(answers)

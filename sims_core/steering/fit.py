@@ -19,7 +19,13 @@ __all__ = ["fit_steering", "score_layers"]
 
 
 def score_layers(
-    learner: Any, pos: Mapping[int, Tensor], neg: Mapping[int, Tensor], layers: Sequence[int], *, holdout: float, seed: int
+    learner: Any,
+    pos: Mapping[int, Tensor],
+    neg: Mapping[int, Tensor],
+    layers: Sequence[int],
+    *,
+    holdout: float,
+    seed: int,
 ) -> dict[int, float]:
     """Held-out score of each layer: fit the learner's scorer on the kept pairs, score it on
     the held-out ones. Paired rows are split together; the split is the same for every layer
@@ -28,7 +34,9 @@ def score_layers(
     for layer in layers:
         p, n = pos[layer], neg[layer]
         if learner.paired:
-            train, test = holdout_split(p.shape[0], holdout, torch.Generator().manual_seed(layer_seed(seed, 0, "holdout")))
+            train, test = holdout_split(
+                p.shape[0], holdout, torch.Generator().manual_seed(layer_seed(seed, 0, "holdout"))
+            )
             scores[layer] = float(learner.score(p[train], n[train], p[test], n[test]))
         else:
             gen = torch.Generator().manual_seed(layer_seed(seed, 0, "holdout"))
@@ -97,12 +105,16 @@ def fit_steering(
             raise ValueError(f"layers must be a non-empty list of layer indices or None, got {layers!r}")
         missing = [layer for layer in layers if layer not in pos_f]
         if missing:
-            raise ValueError(f"layer(s) {missing} were asked for but are missing from pos and neg (which have {sorted(pos_f)})")
+            raise ValueError(
+                f"layer(s) {missing} were asked for but are missing from pos and neg (which have {sorted(pos_f)})"
+            )
         candidates = sorted(set(layers))
     identity = ModelIdentity.of(model) if isinstance(model, LanguageModel) else model
     if identity is not None:
         if identity.hidden_size != hidden:
-            raise ValueError(f"the activations have hidden size {hidden} but {identity.name} has {identity.hidden_size}")
+            raise ValueError(
+                f"the activations have hidden size {hidden} but {identity.name} has {identity.hidden_size}"
+            )
         beyond = [layer for layer in candidates if layer >= identity.num_layers]
         if beyond:
             raise ValueError(f"layer(s) {beyond} do not exist in {identity.name} (layers 0..{identity.num_layers - 1})")
@@ -118,16 +130,32 @@ def fit_steering(
     chosen = choose_layers(scores, top_k, min_score)
     total = sum(spec.steps(pos_f[layer].shape[0], neg_f[layer].shape[0]) for layer in chosen)
     functions = {}
-    with progress_bar(total=total, desc=f"fitting {learner} on {len(chosen)} layer(s)", unit="step", enabled=progress) as bar:
+    with progress_bar(
+        total=total, desc=f"fitting {learner} on {len(chosen)} layer(s)", unit="step", enabled=progress
+    ) as bar:
         for layer in chosen:
             init = warm_start.functions.get(layer) if warm_start is not None else None
-            functions[layer] = spec.fit_layer(pos_f[layer], neg_f[layer], seed=layer_seed(seed, layer), init=init, on_step=bar.update)
+            functions[layer] = spec.fit_layer(
+                pos_f[layer], neg_f[layer], seed=layer_seed(seed, layer), init=init, on_step=bar.update
+            )
     selection = {
-        "candidates": candidates, "top_k": top_k, "min_score": min_score, "holdout": holdout, "seed": seed,
+        "candidates": candidates,
+        "top_k": top_k,
+        "min_score": min_score,
+        "holdout": holdout,
+        "seed": seed,
         "pairs": {str(layer): [int(pos_f[layer].shape[0]), int(neg_f[layer].shape[0])] for layer in chosen},
         "warm_start": warm_start is not None,
     }
     return SteeringSet(
-        learner=learner, functions=functions, hidden_size=hidden, layer_scores=scores, default_positions=spec.default_positions,
-        alpha=float(alpha), model=identity, options=spec.options(), selection=selection, metadata=dict(metadata or {}),
+        learner=learner,
+        functions=functions,
+        hidden_size=hidden,
+        layer_scores=scores,
+        default_positions=spec.default_positions,
+        alpha=float(alpha),
+        model=identity,
+        options=spec.options(),
+        selection=selection,
+        metadata=dict(metadata or {}),
     )

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = ["export_gguf"]
 
 
-def export_gguf(steering: SteeringSet, path: str | os.PathLike[str], *, model_hint: str | None = None, scale: float = 1.0) -> Path:
+def export_gguf(
+    steering: SteeringSet, path: str | os.PathLike[str], *, model_hint: str | None = None, scale: float = 1.0
+) -> Path:
     """Write ``steering`` (a ``"mean_diff"`` set) to ``path`` as a llama.cpp control vector.
 
     Args:
@@ -37,7 +39,9 @@ def export_gguf(steering: SteeringSet, path: str | os.PathLike[str], *, model_hi
     import gguf
 
     if steering.learner != "mean_diff":
-        raise ValueError(f"only mean_diff steering sets are vectors llama.cpp can add; this one is {steering.learner!r}")
+        raise ValueError(
+            f"only mean_diff steering sets are vectors llama.cpp can add; this one is {steering.learner!r}"
+        )
     if 0 in steering.functions:
         raise ValueError("layer 0 cannot be exported: llama.cpp control vectors have no direction for block 0's output")
     hint = model_hint or (steering.model.model_type if steering.model is not None else None) or "unknown"

@@ -196,8 +196,10 @@ class SteeringHandle:
         if real is not None and tuple(real.shape) != (batch, seq):
             real = None  # a forward we did not see start (e.g. a direct call into a block)
         prefill = state.prefill if state.seen else seq > 1
-        if self.positions == "all" or (self.positions == "prompt" and prefill) or (
-            self.positions == "generated" and not prefill
+        if (
+            self.positions == "all"
+            or (self.positions == "prompt" and prefill)
+            or (self.positions == "generated" and not prefill)
         ):
             return None if real is None or bool(real.all()) else real
         if self.positions in ("prompt", "generated"):
@@ -260,8 +262,6 @@ def steer(
     edits = {}
     for layer, edit in raw.items():
         if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < lm.num_layers:
-            raise ValueError(
-                f"steering layer {layer!r} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}"
-            )
+            raise ValueError(f"steering layer {layer!r} is out of range: {lm.name} has layers 0..{lm.num_layers - 1}")
         edits[layer] = _as_edit(layer, edit, lm, edit_alpha)
     return SteeringHandle(lm=lm, edits=edits, positions=chosen).apply()

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sims_core.steering.learners import Learner, LayerFunction, check_positive, register_learner
+from sims_core.steering.learners import LayerFunction, Learner, check_positive, register_learner
 from sims_core.steering.selection import probe_accuracy
 from sims_core.steering.training import SCHEDULES, seeded, train_pairs
 
@@ -83,7 +83,9 @@ def pseudo_rotate(h: Tensor, w: Tensor, a: Tensor) -> Tensor:
     gamma = reflection_angle(h, w)
     sin_gamma = torch.sin(gamma)
     ok = sin_gamma > _EPS
-    moved = (torch.sin(a).unsqueeze(-1) * hh + torch.sin(gamma - a).unsqueeze(-1) * h) / sin_gamma.clamp_min(_EPS).unsqueeze(-1)
+    moved = (torch.sin(a).unsqueeze(-1) * hh + torch.sin(gamma - a).unsqueeze(-1) * h) / sin_gamma.clamp_min(
+        _EPS
+    ).unsqueeze(-1)
     return torch.where(ok.unsqueeze(-1), moved, h)
 
 
@@ -93,7 +95,9 @@ def angle_mlp_sizes(hidden_size: int, depth: int) -> list[int]:
     for _ in range(depth):
         sizes.append(sizes[-1] // 2)
     if sizes[-1] < 1:
-        raise ValueError(f"option depth={depth} halves hidden size {hidden_size} below 1; use depth <= {int(math.log2(hidden_size))}")
+        raise ValueError(
+            f"option depth={depth} halves hidden size {hidden_size} below 1; use depth <= {int(math.log2(hidden_size))}"
+        )
     return [*sizes, 1]
 
 
@@ -154,7 +158,9 @@ class HPRFunction:
 
     kind: ClassVar[str] = "hpr"
 
-    def __init__(self, probe_weight: Tensor, angle_layers: list[tuple[Tensor, Tensor]], activation: str = "gelu") -> None:
+    def __init__(
+        self, probe_weight: Tensor, angle_layers: list[tuple[Tensor, Tensor]], activation: str = "gelu"
+    ) -> None:
         if probe_weight.dim() != 1:
             raise ValueError(f"probe_weight must be a vector [hidden], got shape {list(probe_weight.shape)}")
         if activation not in ACTIVATIONS:
@@ -162,7 +168,9 @@ class HPRFunction:
         width = probe_weight.shape[0]
         for i, (weight, bias) in enumerate(angle_layers):
             if weight.dim() != 2 or weight.shape[1] != width or bias.shape != (weight.shape[0],):
-                raise ValueError(f"angle layer {i} has weight {list(weight.shape)} and bias {list(bias.shape)}; expected [*, {width}] and [*]")
+                raise ValueError(
+                    f"angle layer {i} has weight {list(weight.shape)} and bias {list(bias.shape)}; expected [*, {width}] and [*]"
+                )
             width = weight.shape[0]
         if not angle_layers or width != 1:
             raise ValueError("the angle network must end in a single output")
@@ -248,7 +256,9 @@ class HPRFunction:
             net.probe.weight.copy_(self.probe_weight.reshape(1, -1))
             for linear, (weight, bias) in zip(net.angle, self.angle_layers):
                 if linear.weight.shape != weight.shape:
-                    raise ValueError(f"cannot warm-start: angle layer shape {list(weight.shape)} != {list(linear.weight.shape)}")
+                    raise ValueError(
+                        f"cannot warm-start: angle layer shape {list(weight.shape)} != {list(linear.weight.shape)}"
+                    )
                 linear.weight.copy_(weight)
                 linear.bias.copy_(bias)
 
@@ -289,8 +299,16 @@ class HPR(Learner):
             return hpr_loss(logits, angles, labels, targets)
 
         train_pairs(
-            net, n, loss_fn, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup=cfg.warmup,
-            schedule=cfg.schedule, seed=seed, on_step=on_step,
+            net,
+            n,
+            loss_fn,
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            warmup=cfg.warmup,
+            schedule=cfg.schedule,
+            seed=seed,
+            on_step=on_step,
         )
         return HPRFunction.from_module(net, cfg.activation)
 

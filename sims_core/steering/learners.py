@@ -164,4 +164,6 @@ def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: 
     ok = isinstance(value, kind) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:
         what = "integer" if integer else "number"
-        raise ValueError(f"option {name} must be a {'non-negative' if allow_zero else 'positive'} {what}, got {value!r}")
+        raise ValueError(
+            f"option {name} must be a {'non-negative' if allow_zero else 'positive'} {what}, got {value!r}"
+        )

@@ -143,11 +143,23 @@ class LinearShift(Learner):
             return F.mse_loss(shifted, pos[index])
 
         train_pairs(
-            net, pos.shape[0], loss_fn, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, warmup=cfg.warmup,
-            schedule=cfg.schedule, seed=seed, on_step=on_step, weight_decay=cfg.weight_decay,
+            net,
+            pos.shape[0],
+            loss_fn,
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            warmup=cfg.warmup,
+            schedule=cfg.schedule,
+            seed=seed,
+            on_step=on_step,
+            weight_decay=cfg.weight_decay,
         )
         return LinearShiftFunction(
-            net.down.weight.detach().clone(), net.up.weight.detach().clone(), net.up.bias.detach().clone(), scale.detach().clone()
+            net.down.weight.detach().clone(),
+            net.up.weight.detach().clone(),
+            net.up.bias.detach().clone(),
+            scale.detach().clone(),
         )
 
     def score(self, pos_train: Tensor, neg_train: Tensor, pos_test: Tensor, neg_test: Tensor) -> float:

@@ -57,9 +57,13 @@ def _align_one(
     pos_tokens: Sequence[Tensor], neg_tokens: Sequence[Tensor], ident_threshold: float, rtol: float, atol: float
 ) -> tuple[Tensor, Tensor, AlignStats]:
     if isinstance(pos_tokens, Tensor) or isinstance(neg_tokens, Tensor):
-        raise TypeError("pos_tokens and neg_tokens must be lists of per-response tensors [len_i, hidden], not one tensor")
+        raise TypeError(
+            "pos_tokens and neg_tokens must be lists of per-response tensors [len_i, hidden], not one tensor"
+        )
     if len(pos_tokens) != len(neg_tokens):
-        raise ValueError(f"pos_tokens has {len(pos_tokens)} responses but neg_tokens has {len(neg_tokens)}; they must pair one to one")
+        raise ValueError(
+            f"pos_tokens has {len(pos_tokens)} responses but neg_tokens has {len(neg_tokens)}; they must pair one to one"
+        )
     if len(pos_tokens) == 0:
         raise ValueError("pos_tokens and neg_tokens are empty: give at least one response pair")
     hidden = None
@@ -124,7 +128,9 @@ def align_pairs(
             )
         out_pos, out_neg, all_stats = {}, {}, {}
         for layer in sorted(pos_tokens):
-            out_pos[layer], out_neg[layer], all_stats[layer] = _align_one(pos_tokens[layer], neg_tokens[layer], ident_threshold, rtol, atol)
+            out_pos[layer], out_neg[layer], all_stats[layer] = _align_one(
+                pos_tokens[layer], neg_tokens[layer], ident_threshold, rtol, atol
+            )
             _log_stats(all_stats[layer], f"layer {layer}")
         return (out_pos, out_neg, all_stats) if return_stats else (out_pos, out_neg)
     pos, neg, stats = _align_one(pos_tokens, neg_tokens, ident_threshold, rtol, atol)
@@ -136,7 +142,12 @@ def _log_stats(stats: AlignStats, where: str) -> None:
     log.info(
         "align_pairs%s: %d response pairs, %d aligned positions, %d kept, %d skipped as nearly identical, "
         "%d tokens beyond the shorter response unused",
-        f" ({where})" if where else "", stats.responses, stats.positions, stats.kept, stats.skipped_identical, stats.unpaired_tokens,
+        f" ({where})" if where else "",
+        stats.responses,
+        stats.positions,
+        stats.kept,
+        stats.skipped_identical,
+        stats.unpaired_tokens,
     )
 
 
@@ -150,10 +161,14 @@ def validate_activations(
             raise TypeError(f"{name} must be a non-empty dict {{layer: Tensor[n, hidden]}}, got {type(value).__name__}")
     if set(pos) != set(neg):
         only_pos, only_neg = sorted(set(pos) - set(neg)), sorted(set(neg) - set(pos))
-        detail = "; ".join(s for s in (
-            f"layer(s) {only_pos} are in pos but missing from neg" if only_pos else "",
-            f"layer(s) {only_neg} are in neg but missing from pos" if only_neg else "",
-        ) if s)
+        detail = "; ".join(
+            s
+            for s in (
+                f"layer(s) {only_pos} are in pos but missing from neg" if only_pos else "",
+                f"layer(s) {only_neg} are in neg but missing from pos" if only_neg else "",
+            )
+            if s
+        )
         raise ValueError(f"pos and neg must have the same layers: {detail}")
     hidden: int | None = None
     out_pos: dict[int, Tensor] = {}

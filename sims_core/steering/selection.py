@@ -33,8 +33,14 @@ def _accuracy(score_pos: Tensor, score_neg: Tensor) -> float:
 
 
 def probe_accuracy(
-    pos_train: Tensor, neg_train: Tensor, pos_test: Tensor, neg_test: Tensor, *, bias: bool,
-    l2: float = 1e-4, max_iter: int = 100,
+    pos_train: Tensor,
+    neg_train: Tensor,
+    pos_test: Tensor,
+    neg_test: Tensor,
+    *,
+    bias: bool,
+    l2: float = 1e-4,
+    max_iter: int = 100,
 ) -> float:
     """Held-out accuracy of a logistic probe ``sigmoid(w.h [+ b])`` fitted by L-BFGS (from zero,
     so deterministic) on the training rows. Inputs are divided by their mean norm first, which
@@ -75,7 +81,9 @@ def choose_layers(scores: dict[int, float], top_k: int | None, min_score: float 
         ranked = [layer for layer in ranked if scores[layer] >= min_score]
         if not ranked:
             best = max(scores.values()) if scores else math.nan
-            raise ValueError(f"no layer reaches min_score={min_score} (the best held-out score is {best:.4f}); lower min_score")
+            raise ValueError(
+                f"no layer reaches min_score={min_score} (the best held-out score is {best:.4f}); lower min_score"
+            )
     if top_k is not None:
         ranked = ranked[:top_k]
     return sorted(ranked)

@@ -76,7 +76,9 @@ class ModelIdentity:
     @classmethod
     def of(cls, lm: LanguageModel) -> ModelIdentity:
         model_type = getattr(lm.model.config, "model_type", None)
-        return cls(lm.name, lm.config_hash, lm.num_layers, lm.hidden_size, model_type if isinstance(model_type, str) else None)
+        return cls(
+            lm.name, lm.config_hash, lm.num_layers, lm.hidden_size, model_type if isinstance(model_type, str) else None
+        )
 
     @classmethod
     def from_json(cls, value: object) -> ModelIdentity:
@@ -84,13 +86,20 @@ class ModelIdentity:
             raise SteeringFileError(f"header field 'model' must be an object, got {value!r:.80}")
         try:
             identity = cls(
-                name=value["name"], config_hash=value["config_hash"], num_layers=value["num_layers"],
-                hidden_size=value["hidden_size"], model_type=value.get("model_type"),
+                name=value["name"],
+                config_hash=value["config_hash"],
+                num_layers=value["num_layers"],
+                hidden_size=value["hidden_size"],
+                model_type=value.get("model_type"),
             )
         except KeyError as exc:
             raise SteeringFileError(f"header field 'model' lacks {exc.args[0]!r}") from None
-        if not (isinstance(identity.name, str) and isinstance(identity.config_hash, str)
-                and isinstance(identity.num_layers, int) and isinstance(identity.hidden_size, int)):
+        if not (
+            isinstance(identity.name, str)
+            and isinstance(identity.config_hash, str)
+            and isinstance(identity.num_layers, int)
+            and isinstance(identity.hidden_size, int)
+        ):
             raise SteeringFileError(f"header field 'model' has fields of the wrong type: {dict(value)!r:.200}")
         return identity
 
@@ -147,7 +156,9 @@ class SteeringSet:
             raise ValueError("a SteeringSet needs at least one layer")
         for layer, fn in self.functions.items():
             if fn.hidden_size != self.hidden_size:
-                raise ValueError(f"layer {layer}'s function has hidden size {fn.hidden_size}, the set has {self.hidden_size}")
+                raise ValueError(
+                    f"layer {layer}'s function has hidden size {fn.hidden_size}, the set has {self.hidden_size}"
+                )
 
     # -- access ------------------------------------------------------------------------------
     @property
@@ -201,7 +212,9 @@ class SteeringSet:
                 f"{lm.name} has {lm.num_layers}"
             )
         if max(self.layers) >= lm.num_layers:
-            raise IncompatibleSteeringError(f"this steering set steers layers {self.layers} but {lm.name} has layers 0..{lm.num_layers - 1}")
+            raise IncompatibleSteeringError(
+                f"this steering set steers layers {self.layers} but {lm.name} has layers 0..{lm.num_layers - 1}"
+            )
         if self.model is not None and not allow:
             here = (lm.name, lm.config_hash)
             if (self.model.name, self.model.config_hash) != here:
@@ -216,7 +229,10 @@ class SteeringSet:
         ``lm``'s device and dtype, and applies strength ``alpha * self.alpha``."""
         self.check_compatibility(lm)
         strength = float(alpha) * float(self.alpha)
-        return {layer: _BoundEdit(fn.to(device=lm.device, dtype=lm.dtype), strength) for layer, fn in sorted(self.functions.items())}
+        return {
+            layer: _BoundEdit(fn.to(device=lm.device, dtype=lm.dtype), strength)
+            for layer, fn in sorted(self.functions.items())
+        }
 
     # -- files -------------------------------------------------------------------------------
     def header(self) -> dict[str, Any]:
@@ -262,7 +278,12 @@ class SteeringSet:
 
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, model: LanguageModel | None = None, allow_identity_mismatch: bool = False, source: str = "<bytes>"
+        cls,
+        data: bytes,
+        *,
+        model: LanguageModel | None = None,
+        allow_identity_mismatch: bool = False,
+        source: str = "<bytes>",
     ) -> SteeringSet:
         """Rebuild a set from `to_bytes` output; checks it fits ``model`` when given."""
         header = _read_header(data, source)
@@ -310,7 +331,9 @@ class SteeringSet:
             target = target / FILE_NAME
         if not target.is_file():
             raise FileNotFoundError(f"no steering file at {target}")
-        return cls.from_bytes(target.read_bytes(), model=model, allow_identity_mismatch=allow_identity_mismatch, source=str(target))
+        return cls.from_bytes(
+            target.read_bytes(), model=model, allow_identity_mismatch=allow_identity_mismatch, source=str(target)
+        )
 
     def to_gguf(self, path: str | os.PathLike[str], *, model_hint: str | None = None, scale: float = 1.0) -> Path:
         """Export a mean-difference set as a llama.cpp control vector (see `export_gguf`)."""
@@ -329,7 +352,7 @@ def _read_header(data: bytes, source: str) -> dict[str, Any]:
     if size < 2 or size > len(data) - 8:
         raise SteeringFileError(f"{source} is not a safetensors file (its header length {size} does not fit the file)")
     try:
-        raw = json.loads(data[8:8 + size])
+        raw = json.loads(data[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise SteeringFileError(f"{source} has a garbled safetensors header (not JSON)") from None
     metadata = raw.get("__metadata__") if isinstance(raw, dict) else None
@@ -349,9 +372,24 @@ def _read_header(data: bytes, source: str) -> dict[str, Any]:
 
 
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "format": str, "format_version": int, "learner": str, "operation": str, "layers": list, "layer_numbering": str,
-    "hook_site": str, "positions": str, "alpha": (int, float), "dtype": str, "hidden_size": int, "model": dict,
-    "sims_version": str, "layer_scores": dict, "options": dict, "selection": dict, "functions": dict, "metadata": dict,
+    "format": str,
+    "format_version": int,
+    "learner": str,
+    "operation": str,
+    "layers": list,
+    "layer_numbering": str,
+    "hook_site": str,
+    "positions": str,
+    "alpha": (int, float),
+    "dtype": str,
+    "hidden_size": int,
+    "model": dict,
+    "sims_version": str,
+    "layer_scores": dict,
+    "options": dict,
+    "selection": dict,
+    "functions": dict,
+    "metadata": dict,
 }
 
 
@@ -374,7 +412,9 @@ def _validate_header(header: dict[str, Any], source: str) -> None:
         raise SteeringFileError(f"{source}: positions {header['positions']!r} is not one of {list(POSITIONS)}")
     layers = header["layers"]
     if not layers or not all(isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in layers):
-        raise SteeringFileError(f"{source}: header field 'layers' must be a non-empty list of layer indices, got {layers!r:.80}")
+        raise SteeringFileError(
+            f"{source}: header field 'layers' must be a non-empty list of layer indices, got {layers!r:.80}"
+        )
     try:
         get_learner(header["learner"])
     except ValueError as exc:
@@ -405,9 +445,16 @@ def _from_parts(header: dict[str, Any], tensors: dict[str, Tensor], source: str)
         raise SteeringFileError(f"{source}: header field 'layer_scores' must map layer numbers to numbers") from None
     try:
         return SteeringSet(
-            learner=header["learner"], functions=functions, hidden_size=header["hidden_size"], layer_scores=scores,
-            default_positions=header["positions"], alpha=float(header["alpha"]), model=ModelIdentity.from_json(header["model"]),
-            options=header["options"], selection=header["selection"], metadata=header["metadata"],
+            learner=header["learner"],
+            functions=functions,
+            hidden_size=header["hidden_size"],
+            layer_scores=scores,
+            default_positions=header["positions"],
+            alpha=float(header["alpha"]),
+            model=ModelIdentity.from_json(header["model"]),
+            options=header["options"],
+            selection=header["selection"],
+            metadata=header["metadata"],
             sims_version=header["sims_version"],
         )
     except ValueError as exc:

@@ -76,9 +76,18 @@ def select_strength(
         raise ValueError("alphas is empty: give at least one strength to try")
     if not max_nll_increase >= 0:  # also refuses NaN; inf turns the guard off
         raise ValueError(f"max_nll_increase must be a number >= 0 (inf: no fluency guard), got {max_nll_increase!r}")
-    options = dict(num_samples=1, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                   batch_size=batch_size, progress=False)
-    candidates = [(layers, alpha, _restrict(steering, layers, alpha)) for layers, alpha in strength_candidates(steering, alphas)]
+    options = dict(
+        num_samples=1,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        progress=False,
+    )
+    candidates = [
+        (layers, alpha, _restrict(steering, layers, alpha)) for layers, alpha in strength_candidates(steering, alphas)
+    ]
     answers = [[row[0].text for row in generate(lm, prompts, **options)]]
     for _, _, candidate in candidates:
         with steer(lm, candidate, positions=positions):
@@ -89,8 +98,16 @@ def select_strength(
     limit = nll[0] + max_nll_increase if math.isfinite(nll[0]) else math.inf
     rows = [{"layers": "", "alpha": 0.0, "score": means[0], "nll": nll[0], "fluent": True, "chosen": False}]
     for j, (layers, alpha, _) in enumerate(candidates, start=1):
-        rows.append({"layers": ",".join(map(str, layers)), "alpha": alpha, "score": means[j], "nll": nll[j],
-                     "fluent": bool(math.isfinite(nll[j]) and nll[j] <= limit), "chosen": False})
+        rows.append(
+            {
+                "layers": ",".join(map(str, layers)),
+                "alpha": alpha,
+                "score": means[j],
+                "nll": nll[j],
+                "fluent": bool(math.isfinite(nll[j]) and nll[j] <= limit),
+                "chosen": False,
+            }
+        )
     fluent = [j for j in range(1, len(rows)) if rows[j]["fluent"]]
     if fluent:
         best = max(fluent, key=lambda j: (rows[j]["score"], -j))

@@ -4,8 +4,8 @@ local API and database for the whole session)."""
 from __future__ import annotations
 
 import pytest
-
 from prefect_server import running_prefect_server
+
 from sims_core.testing import save_tiny_model
 
 
@@ -26,11 +26,20 @@ def prefect_harness():
 def tiny_config(tiny_model_dir, tmp_path):
     """A configuration small enough for a flow run of a few seconds per iteration."""
     return {
-        "model": tiny_model_dir, "store": str(tmp_path / "runs"), "iterations": 2, "num_prompts": 4, "num_samples": 3,
-        "max_new_tokens": 6, "max_eval_prompts": 3, "max_val_prompts": 2, "eval_samples": 2, "batch_size": 8,
-        "oracle": "embedding", "judge": "pmi", "alphas": [1.0, 4.0],
+        "model": tiny_model_dir,
+        "store": str(tmp_path / "runs"),
+        "iterations": 2,
+        "num_prompts": 4,
+        "num_samples": 3,
+        "max_new_tokens": 6,
+        "max_eval_prompts": 3,
+        "max_val_prompts": 2,
+        "eval_samples": 2,
+        "batch_size": 8,
+        "oracle": "embedding",
+        "judge": "pmi",
+        "alphas": [1.0, 4.0],
     }
-
 
 
 @pytest.fixture

@@ -7,7 +7,10 @@ import pandas as pd
 
 from storage import ArtifactStore, Manifest
 
-SHARDED = {"generations": ("generations", ["prompt_id", "sample_index"]), "rankings": ("rankings", ["prompt_id", "sample_index"])}
+SHARDED = {
+    "generations": ("generations", ["prompt_id", "sample_index"]),
+    "rankings": ("rankings", ["prompt_id", "sample_index"]),
+}
 
 
 def merged_artifacts(store_url: str, run_id: str) -> dict:

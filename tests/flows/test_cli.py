@@ -15,9 +15,19 @@ from sims_core.steering import SteeringSet
 @pytest.fixture(scope="module")
 def finished_run(prefect_harness, tiny_model_dir, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("cli") / "runs")
-    config = {"model": tiny_model_dir, "store": store, "iterations": 1, "num_prompts": 4, "num_samples": 2,
-              "max_new_tokens": 6, "max_eval_prompts": 3, "max_val_prompts": 2, "eval_samples": 1, "alphas": [2.0],
-              "controls": False}
+    config = {
+        "model": tiny_model_dir,
+        "store": store,
+        "iterations": 1,
+        "num_prompts": 4,
+        "num_samples": 2,
+        "max_new_tokens": 6,
+        "max_eval_prompts": 3,
+        "max_val_prompts": 2,
+        "eval_samples": 1,
+        "alphas": [2.0],
+        "controls": False,
+    }
     result = self_improve(run_id="cli-run", config=config)
     return store, result
 
@@ -28,15 +38,42 @@ def test_status_json_lists_every_phase(finished_run, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["run_id"] == "cli-run"
     assert [(p["iteration"], p["phase"], p["status"]) for p in data["phases"]][:3] == [
-        (0, "prompts", "completed"), (1, "prompts", "completed"), (1, "generations", "completed")]
+        (0, "prompts", "completed"),
+        (1, "prompts", "completed"),
+        (1, "generations", "completed"),
+    ]
     assert len(data["phases"]) == 8
 
 
 def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, tmp_path, capsys):
     store = str(tmp_path / "runs")
-    argv = ["run", "--run-id", "sharded", "--store", store, "--shards", "2", "--set", f"model={tiny_model_dir}",
-            "--set", "iterations=1", "--set", "num_prompts=4", "--set", "num_samples=2", "--set", "max_new_tokens=4",
-            "--set", "max_eval_prompts=2", "--set", "max_val_prompts=2", "--set", "eval_samples=1", "--set", "controls=false"]
+    argv = [
+        "run",
+        "--run-id",
+        "sharded",
+        "--store",
+        store,
+        "--shards",
+        "2",
+        "--set",
+        f"model={tiny_model_dir}",
+        "--set",
+        "iterations=1",
+        "--set",
+        "num_prompts=4",
+        "--set",
+        "num_samples=2",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "max_eval_prompts=2",
+        "--set",
+        "max_val_prompts=2",
+        "--set",
+        "eval_samples=1",
+        "--set",
+        "controls=false",
+    ]
     assert main(argv) == 0
     assert "held-out win rate" in capsys.readouterr().out
     assert main(["status", "sharded", "--store", store, "--json"]) == 0
@@ -96,8 +133,10 @@ def test_export_steering_dpo_and_gguf(finished_run, tmp_path, capsys):
         (["export", "cli-run", "dpo", "--out", "pairs.txt"], "--out for dpo must end in .parquet or .jsonl"),
         (["run", "--engine", "spark"], "engine must be one of ['threads', 'dask', 'ray', 'deployment'], got 'spark'"),
         (["run", "--shards", "0"], "shards must be a positive integer, got 0"),
-        (["run", "--engine", "dask", "--set", "engine_options={address: 'tcp://127.0.0.1:1'}"],
-         "engine 'dask': cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
+        (
+            ["run", "--engine", "dask", "--set", "engine_options={address: 'tcp://127.0.0.1:1'}"],
+            "engine 'dask': cannot reach the Dask scheduler at tcp://127.0.0.1:1",
+        ),
     ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(finished_run, capsys, argv, message):
@@ -120,10 +159,38 @@ def test_sims_run_on_a_local_dask_cluster_as_a_user_runs_it(tiny_model_dir, tmp_
 
     sims = str(Path(sys.executable).with_name("sims"))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PREFECT_API_URL")}
-    argv = [sims, "run", "--run-id", "dask", "--store", str(tmp_path / "runs"), "--shards", "2", "--engine", "dask",
-            "--set", "engine_options={n_workers: 2, retries: 0}", "--set", f"model={tiny_model_dir}",
-            "--set", "iterations=1", "--set", "num_prompts=4", "--set", "num_samples=2", "--set", "max_new_tokens=4",
-            "--set", "max_eval_prompts=2", "--set", "max_val_prompts=2", "--set", "eval_samples=1", "--set", "controls=false"]
+    argv = [
+        sims,
+        "run",
+        "--run-id",
+        "dask",
+        "--store",
+        str(tmp_path / "runs"),
+        "--shards",
+        "2",
+        "--engine",
+        "dask",
+        "--set",
+        "engine_options={n_workers: 2, retries: 0}",
+        "--set",
+        f"model={tiny_model_dir}",
+        "--set",
+        "iterations=1",
+        "--set",
+        "num_prompts=4",
+        "--set",
+        "num_samples=2",
+        "--set",
+        "max_new_tokens=4",
+        "--set",
+        "max_eval_prompts=2",
+        "--set",
+        "max_val_prompts=2",
+        "--set",
+        "eval_samples=1",
+        "--set",
+        "controls=false",
+    ]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "held-out win rate" in done.stdout

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.slow
 def test_default_sims_run_completes_and_reports_its_win_rate(tmp_path):
     sims = str(Path(sys.executable).with_name("sims"))
     env = {**os.environ, "SIMS_PROGRESS": "0", "SIMS_STORE": str(tmp_path / "runs")}
-    done = subprocess.run([sims, "run", "--run-id", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=1500)
+    done = subprocess.run(
+        [sims, "run", "--run-id", "demo"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     out = done.stdout
     assert "sims run demo: store" in out and "model embedded, 2 iteration(s)" in out

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_server import PREFECT, ROOT
+from prefect_server import prefect_cli as _prefect
 
 from storage import ArtifactStore, Manifest
-
-from prefect_server import PREFECT, ROOT, prefect_cli as _prefect
 
 
 @pytest.mark.skipif(shutil.which(PREFECT) is None and not Path(PREFECT).exists(), reason="prefect CLI not installed")
@@ -29,15 +29,41 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     assert re.search(r"'concurrency_limit': 1\b", inspected) or "'limit': 1" in inspected
 
     store = str(tmp_path / "runs")
-    config = {"num_prompts": 4, "num_samples": 2, "max_new_tokens": 6, "max_eval_prompts": 3, "max_val_prompts": 2,
-              "eval_samples": 1, "controls": False}
-    out = _prefect(env, "deployment", "run", "self-improve/nightly", "--param", "run_id=deployed",
-                   "--param", f"model={tiny_model_dir}", "--param", f"store={store}", "--param", "iterations=1",
-                   "--param", f"config={json.dumps(config)}")
+    config = {
+        "num_prompts": 4,
+        "num_samples": 2,
+        "max_new_tokens": 6,
+        "max_eval_prompts": 3,
+        "max_val_prompts": 2,
+        "eval_samples": 1,
+        "controls": False,
+    }
+    out = _prefect(
+        env,
+        "deployment",
+        "run",
+        "self-improve/nightly",
+        "--param",
+        "run_id=deployed",
+        "--param",
+        f"model={tiny_model_dir}",
+        "--param",
+        f"store={store}",
+        "--param",
+        "iterations=1",
+        "--param",
+        f"config={json.dumps(config)}",
+    )
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
-    worker = subprocess.run([PREFECT, "worker", "start", "--pool", "sims-process", "--run-once"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=480)
+    worker = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", "sims-process", "--run-once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
     state = _prefect(env, "flow-run", "inspect", flow_run_id)
     assert "'type': 'COMPLETED'" in state or "StateType.COMPLETED" in state, state[-2000:]
@@ -47,7 +73,9 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
 
 
 def test_kubernetes_gpu_variant_is_consistent():
-    deployments = {d["name"]: d for d in yaml.safe_load((ROOT / "flows/deploy/kubernetes-gpu.yaml").read_text())["deployments"]}
+    deployments = {
+        d["name"]: d for d in yaml.safe_load((ROOT / "flows/deploy/kubernetes-gpu.yaml").read_text())["deployments"]
+    }
     template = json.loads((ROOT / "flows/deploy/kubernetes-gpu-job-template.json").read_text())
     variables = set(template["variables"]["properties"])
     used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", json.dumps(template["job_configuration"])))

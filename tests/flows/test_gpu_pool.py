@@ -10,14 +10,13 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from prefect_server import PREFECT, ROOT, prefect_cli, stop
+from sharding_helpers import assert_same_artifacts, merged_artifacts
 
 import tasks.engine as engine
 from flows.self_improve import self_improve
 from tasks.engine import ShardsFailed, idempotency_key
 from tasks.phase import PhaseContext
-
-from prefect_server import PREFECT, ROOT, prefect_cli, stop
-from sharding_helpers import assert_same_artifacts, merged_artifacts
 
 ORCHESTRATE = """
 import json, sys
@@ -38,14 +37,15 @@ with get_client(sync_client=True) as client:
 
 
 def _python(env: dict[str, str], code: str, *args: str, timeout: float = 400) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return done.stdout
 
 
 def _line(output: str, tag: str) -> str:
-    return next(line[len(tag) + 1:] for line in output.splitlines() if line.startswith(tag + " "))
+    return next(line[len(tag) + 1 :] for line in output.splitlines() if line.startswith(tag + " "))
 
 
 def test_an_orchestrator_runs_every_unit_on_the_gpu_pool(prefect_server, prefect_harness, tiny_config, tmp_path):
@@ -54,16 +54,27 @@ def test_an_orchestrator_runs_every_unit_on_the_gpu_pool(prefect_server, prefect
     prefect_cli(env, "work-pool", "create", "sims-gpu", "--type", "process")
     prefect_cli(env, "--no-prompt", "deploy", "--all")
     log = open(tmp_path / "worker.log", "w")
-    worker = subprocess.Popen([PREFECT, "worker", "start", "--pool", "sims-gpu", "--limit", "2"], env=env, cwd=ROOT,
-                              stdout=log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "sims-gpu", "--limit", "2"],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     config = {**tiny_config, "iterations": 1, "num_prompts": 8, "controls": False, "store": str(tmp_path / "remote")}
     try:
         remote = {**config, "shards": 2, "engine": "deployment", "engine_options": {"retries": 0, "timeout": 300}}
         first = json.loads(_line(_python(env, ORCHESTRATE, json.dumps(remote)), "RESULT"))
         assert first["models_loaded"] == 0 and first["win_rate"] is not None  # the orchestrator never loaded it
         runs = _line(_python(env, COUNT_RUNS), "RUNS")
-        expected = sorted([(f"{p}_shard_{i:03d}_of_002", "COMPLETED") for p in ("generations", "rankings", "activations")
-                           for i in range(2)] + [("steering", "COMPLETED"), ("eval", "COMPLETED")])
+        expected = sorted(
+            [
+                (f"{p}_shard_{i:03d}_of_002", "COMPLETED")
+                for p in ("generations", "rankings", "activations")
+                for i in range(2)
+            ]
+            + [("steering", "COMPLETED"), ("eval", "COMPLETED")]
+        )
         assert runs == str(expected)
 
         again = json.loads(_line(_python(env, ORCHESTRATE, json.dumps(remote)), "RESULT"))
@@ -74,13 +85,18 @@ def test_an_orchestrator_runs_every_unit_on_the_gpu_pool(prefect_server, prefect
         log.close()
 
     self_improve(run_id="remote", config={**config, "store": str(tmp_path / "local")})
-    assert_same_artifacts(merged_artifacts(str(tmp_path / "local"), "remote"),
-                          merged_artifacts(str(tmp_path / "remote"), "remote"))
+    assert_same_artifacts(
+        merged_artifacts(str(tmp_path / "local"), "remote"), merged_artifacts(str(tmp_path / "remote"), "remote")
+    )
 
 
 def _state(kind: str):
-    return SimpleNamespace(is_final=lambda: kind != "SCHEDULED", is_completed=lambda: kind == "COMPLETED",
-                           type=SimpleNamespace(value=kind), message=f"{kind.lower()} on purpose")
+    return SimpleNamespace(
+        is_final=lambda: kind != "SCHEDULED",
+        is_completed=lambda: kind == "COMPLETED",
+        type=SimpleNamespace(value=kind),
+        message=f"{kind.lower()} on purpose",
+    )
 
 
 @pytest.fixture
@@ -98,8 +114,12 @@ def fake_deployment(monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "_create_or_attach", create_or_attach)
     monkeypatch.setattr(engine, "_wait", lambda flow_run_id, timeout: _state(runs.get(flow_run_id, "COMPLETED")))
     monkeypatch.setattr(engine, "_outputs", lambda ctx, unit, call: "uri-of-" + unit)
-    ctx = PhaseContext(store_url=str(tmp_path / "runs"), run_id="r", iteration=3,
-                       config={"engine": "deployment", "engine_options": {"retries": 1}})
+    ctx = PhaseContext(
+        store_url=str(tmp_path / "runs"),
+        run_id="r",
+        iteration=3,
+        config={"engine": "deployment", "engine_options": {"retries": 1}},
+    )
     return SimpleNamespace(created=created, runs=runs, existing=existing, ctx=ctx)
 
 
@@ -127,6 +147,8 @@ def test_failures_beyond_the_retries_name_the_shard_and_the_state(fake_deploymen
     fake = fake_deployment
     first = idempotency_key(fake.ctx, "activations", CALL, 0)
     fake.runs[first] = fake.runs[first + "/retry-1"] = "FAILED"
-    with pytest.raises(ShardsFailed, match="activations_shard_001_of_002 of iteration 3: flow run .* ended FAILED: failed on purpose"):
+    with pytest.raises(
+        ShardsFailed, match="activations_shard_001_of_002 of iteration 3: flow run .* ended FAILED: failed on purpose"
+    ):
         engine.run_remote.fn(fake.ctx, "activations", CALL)
     assert len(fake.created) == 2

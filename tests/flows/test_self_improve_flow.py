@@ -51,7 +51,11 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
 
     evaluation = _table(store, manifest, 2, "eval", "eval")
     comparisons = evaluation[evaluation["kind"] == "comparison"]
-    assert set(comparisons["condition"]) == {"steered", "random_direction", "low_temperature"}  # controls on the last iteration
+    assert set(comparisons["condition"]) == {
+        "steered",
+        "random_direction",
+        "low_temperature",
+    }  # controls on the last iteration
     assert len(comparisons[comparisons["condition"] == "steered"]) == 3 * 2
     assert 0.0 <= result["win_rate"] <= 1.0 and result["ci_low"] <= result["win_rate"] <= result["ci_high"]
     assert set(result["controls"]) == {"random_direction", "low_temperature"}
@@ -63,10 +67,14 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
 
 def _artifact_bytes(store: ArtifactStore, run_id: str) -> dict[tuple[int, str], bytes]:
     manifest = Manifest.load(store, run_id)
-    return {(e.iteration, e.phase): store.read_bytes(manifest.output_uri(e.iteration, e.phase)) for e in manifest.entries}
+    return {
+        (e.iteration, e.phase): store.read_bytes(manifest.output_uri(e.iteration, e.phase)) for e in manifest.entries
+    }
 
 
-def test_resume_after_a_failure_skips_finished_phases_and_matches_an_uninterrupted_run(prefect_harness, tiny_config, tmp_path, monkeypatch):
+def test_resume_after_a_failure_skips_finished_phases_and_matches_an_uninterrupted_run(
+    prefect_harness, tiny_config, tmp_path, monkeypatch
+):
     reference_config = {**tiny_config, "store": str(tmp_path / "uninterrupted")}
     self_improve(run_id="ref", config=reference_config)
 

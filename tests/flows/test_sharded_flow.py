@@ -7,6 +7,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from sharding_helpers import assert_same_artifacts as _assert_same
+from sharding_helpers import merged_artifacts as _merged
 
 import tasks.generate
 from flows.self_improve import self_improve
@@ -15,7 +17,6 @@ from storage import ArtifactStore, Manifest
 from tasks.engine import EngineError, ShardsFailed
 from tasks.phase import EXECUTIONS
 
-from sharding_helpers import assert_same_artifacts as _assert_same, merged_artifacts as _merged
 
 @pytest.fixture
 def sharded_config(tiny_config, tmp_path):
@@ -75,7 +76,9 @@ def _fail_prompt(monkeypatch, prompt: str, times: int) -> dict:
 
 def _a_prompt_of_iteration_1(store: str) -> str:
     artifacts = ArtifactStore.open(store)
-    return artifacts.read_frame(Manifest.load(artifacts, "sharding").output_uri(1, "prompts"), "prompts")["prompt"].iloc[0]
+    return artifacts.read_frame(Manifest.load(artifacts, "sharding").output_uri(1, "prompts"), "prompts")[
+        "prompt"
+    ].iloc[0]
 
 
 def test_a_failed_shard_is_resumed_alone(prefect_harness, sharded_config, tmp_path, monkeypatch):
@@ -83,7 +86,10 @@ def test_a_failed_shard_is_resumed_alone(prefect_harness, sharded_config, tmp_pa
     config = {**sharded_config, "iterations": 1, "shards": 4, "engine_options": {"retries": 0}, "store": store}
     reference = _run({**config, "shards": 1}, str(tmp_path / "reference"))
     _fail_prompt(monkeypatch, _a_prompt_of_iteration_1(str(tmp_path / "reference")), times=1)
-    with pytest.raises(ShardsFailed, match="1 of 4 generations shard\\(s\\) failed.*generations_shard_00\\d_of_004: RuntimeError: injected"):
+    with pytest.raises(
+        ShardsFailed,
+        match="1 of 4 generations shard\\(s\\) failed.*generations_shard_00\\d_of_004: RuntimeError: injected",
+    ):
         self_improve(run_id="sharding", config=config)
     manifest = Manifest.load(ArtifactStore.open(store), "sharding")
     statuses = [manifest.entry(1, f"generations_shard_{i:03d}_of_004").status for i in range(4)]
@@ -121,27 +127,41 @@ def test_an_unreachable_dask_scheduler_is_refused_before_any_work(prefect_harnes
     store = str(tmp_path / "runs")
     address = f"tcp://127.0.0.1:{_closed_port()}"
     with pytest.raises(EngineError, match=f"cannot reach the Dask scheduler at {address}"):
-        self_improve(run_id="sharding", config={**sharded_config, "store": store, "engine": "dask",
-                                                "engine_options": {"address": address}})
+        self_improve(
+            run_id="sharding",
+            config={**sharded_config, "store": store, "engine": "dask", "engine_options": {"address": address}},
+        )
     assert not (tmp_path / "runs" / "sharding").exists()
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"n_workers": 0}, "engine_options.n_workers must be a positive integer, got 0"),
-    ({"num_cpus": 2}, "engine_options.num_cpus is not an option of engine 'dask'"),
-    ({"address": "tcp://10.0.0.1:8786", "n_workers": 2}, "cannot be combined with address"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n_workers": 0}, "engine_options.n_workers must be a positive integer, got 0"),
+        ({"num_cpus": 2}, "engine_options.num_cpus is not an option of engine 'dask'"),
+        ({"address": "tcp://10.0.0.1:8786", "n_workers": 2}, "cannot be combined with address"),
+    ],
+)
 def test_bad_engine_options_are_refused_before_any_work(prefect_harness, sharded_config, tmp_path, options, message):
     with pytest.raises(ConfigError, match=message):
-        self_improve(run_id="sharding", config={**sharded_config, "store": str(tmp_path / "runs"), "engine": "dask",
-                                                "engine_options": options})
+        self_improve(
+            run_id="sharding",
+            config={**sharded_config, "store": str(tmp_path / "runs"), "engine": "dask", "engine_options": options},
+        )
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_missing_phase_deployment_is_refused_before_any_work(prefect_harness, sharded_config, tmp_path):
     with pytest.raises(EngineError, match="no deployment 'sims-phase/nowhere'"):
-        self_improve(run_id="sharding", config={**sharded_config, "store": str(tmp_path / "runs"), "engine": "deployment",
-                                                "engine_options": {"deployment": "sims-phase/nowhere"}})
+        self_improve(
+            run_id="sharding",
+            config={
+                **sharded_config,
+                "store": str(tmp_path / "runs"),
+                "engine": "deployment",
+                "engine_options": {"deployment": "sims-phase/nowhere"},
+            },
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -153,6 +173,8 @@ def test_a_bad_input_is_not_retried(prefect_harness, sharded_config, tmp_path, m
         raise ValueError("prompt 0 has 999 tokens: too long")
 
     monkeypatch.setattr(tasks.generate, "generate", refuse)
-    with pytest.raises(ShardsFailed, match="1 of 1 generations shard\\(s\\) failed \\(generations: ValueError: prompt 0 has 999"):
+    with pytest.raises(
+        ShardsFailed, match="1 of 1 generations shard\\(s\\) failed \\(generations: ValueError: prompt 0 has 999"
+    ):
         self_improve(run_id="sharding", config={**sharded_config, "iterations": 1, "store": str(tmp_path / "runs")})
     assert calls["n"] == 1  # the default retry is for lost workers and flaky stores, not for bad input

@@ -16,7 +16,7 @@ def _reference(lm, prompt, response, layer):
     response_ids = lm.encode_response(response)
     with torch.no_grad():
         out = lm.model(torch.tensor([prompt_ids + response_ids]), output_hidden_states=True)
-    return out.hidden_states[layer + 1][0, len(prompt_ids):]
+    return out.hidden_states[layer + 1][0, len(prompt_ids) :]
 
 
 def test_per_token_capture_equals_full_forward_hidden_states(any_tiny_lm):

@@ -9,9 +9,9 @@ import torch
 
 from sims_core.evaluation import (
     distinct_n,
+    edit_norms,
     evaluate,
     length_controlled_win_rate,
-    edit_norms,
     random_direction_like,
     wilson_interval,
     win_rate,
@@ -115,7 +115,9 @@ def test_random_direction_for_callable_steering_matches_its_measured_push(tiny_l
     shift = torch.zeros(tiny_lm.hidden_size)
     shift[0] = 3.0
     steering = {2: lambda h: h + shift.to(h.dtype)}
-    assert edit_norms(tiny_lm, steering, 1.0, ["hi", "What is the capital of France?"]) == {2: pytest.approx(3.0, rel=1e-4)}
+    assert edit_norms(tiny_lm, steering, 1.0, ["hi", "What is the capital of France?"]) == {
+        2: pytest.approx(3.0, rel=1e-4)
+    }
     assert edit_norms(tiny_lm, {2: lambda h: h}, 1.0, ["hi"]) == {2: 0.0}
     random = random_direction_like(steering, tiny_lm, 1.0, seed=1, prompts=["hi"])
     assert sorted(random) == [2] and float(random[2].norm()) == pytest.approx(3.0, rel=1e-4)
@@ -140,10 +142,21 @@ def test_evaluate_reports_steered_and_controls_side_by_side(tiny_lm, tmp_path):
     summary, rows = result.summary, result.rows
     assert list(summary["condition"]) == ["steered", "random_direction", "low_temperature"]
     assert (summary["n"] == 6).all() and len(rows) == 18
-    assert {"win_rate", "ci_low", "ci_high", "lc_win_rate", "mean_score", "mean_length", "distinct_2",
-            "judge_matched_rate", "judge_order_agreement"} <= set(summary.columns)
+    assert {
+        "win_rate",
+        "ci_low",
+        "ci_high",
+        "lc_win_rate",
+        "mean_score",
+        "mean_length",
+        "distinct_2",
+        "judge_matched_rate",
+        "judge_order_agreement",
+    } <= set(summary.columns)
     # Each preference agrees with the judge's scores; the summary is their mean.
-    expect = np.where(rows["score"] > rows["reference_score"], 1.0, np.where(rows["score"] < rows["reference_score"], 0.0, 0.5))
+    expect = np.where(
+        rows["score"] > rows["reference_score"], 1.0, np.where(rows["score"] < rows["reference_score"], 0.0, 0.5)
+    )
     assert rows["preference"].tolist() == expect.tolist()
     for condition, part in rows.groupby("condition"):
         line = summary[summary["condition"] == condition].iloc[0]
@@ -185,8 +198,15 @@ def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkey
     from sims_core.steering import fit_steering
 
     g = torch.Generator().manual_seed(1)
-    fitted = fit_steering("mean_diff", {1: torch.randn(20, 64, generator=g) + 2}, {1: torch.randn(20, 64, generator=g)},
-                          top_k=1, seed=0, model=tiny_lm, progress=False)
+    fitted = fit_steering(
+        "mean_diff",
+        {1: torch.randn(20, 64, generator=g) + 2},
+        {1: torch.randn(20, 64, generator=g)},
+        top_k=1,
+        seed=0,
+        model=tiny_lm,
+        progress=False,
+    )
     steering = dataclasses.replace(fitted, alpha=3.0)
     strengths = []
     real_steer = hooks.steer

@@ -42,8 +42,13 @@ def fitted(tiny_lm):
 def test_candidates_try_each_of_the_two_best_mean_diff_layers_alone(fitted):
     best_first = sorted(fitted.layers, key=lambda l: -fitted.layer_scores[l])
     assert strength_candidates(fitted, [1.0, 2.0]) == [
-        ((1, 2), 1.0), ((1, 2), 2.0), ((best_first[0],), 1.0), ((best_first[0],), 2.0), ((best_first[1],), 1.0),
-        ((best_first[1],), 2.0)]
+        ((1, 2), 1.0),
+        ((1, 2), 2.0),
+        ((best_first[0],), 1.0),
+        ((best_first[0],), 2.0),
+        ((best_first[1],), 1.0),
+        ((best_first[1],), 2.0),
+    ]
 
 
 def test_a_strength_that_wrecks_the_text_is_never_chosen(fitted):
@@ -60,13 +65,17 @@ def test_a_strength_that_wrecks_the_text_is_never_chosen(fitted):
 
 def test_the_best_scoring_fluent_strength_wins(tiny_lm, fitted):
     oracle = get_oracle("callable", function=lambda prompt, answer: float(len(answer)))
-    result = select_strength(tiny_lm, fitted, PROMPTS, oracle, alphas=[1e-6, 3.0], max_nll_increase=math.inf, max_new_tokens=8)
+    result = select_strength(
+        tiny_lm, fitted, PROMPTS, oracle, alphas=[1e-6, 3.0], max_nll_increase=math.inf, max_new_tokens=8
+    )
     candidates = result.rows[1:]
     best = max(candidates, key=lambda row: row["score"])
     assert sum(row["chosen"] for row in result.rows) == 1 and best["chosen"]
     assert result.steering.alpha == best["alpha"] and ",".join(map(str, result.steering.layers)) == best["layers"]
     # a negligible push gives the unsteered answers back: same score and NLL as the baseline row
-    assert candidates[0]["score"] == result.rows[0]["score"] and candidates[0]["nll"] == pytest.approx(result.rows[0]["nll"])
+    assert candidates[0]["score"] == result.rows[0]["score"] and candidates[0]["nll"] == pytest.approx(
+        result.rows[0]["nll"]
+    )
 
 
 def test_bad_strength_arguments(tiny_lm, fitted):

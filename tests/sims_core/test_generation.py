@@ -33,8 +33,12 @@ def test_same_seed_same_text_different_seed_differs(tiny_lm):
 
 def test_samples_do_not_depend_on_batching_or_order(any_tiny_lm):
     together = generate(any_tiny_lm, PROMPTS, num_samples=2, max_new_tokens=8, seed=5, batch_size=6, progress=False)
-    one_by_one = generate(any_tiny_lm, list(reversed(PROMPTS)), num_samples=2, max_new_tokens=8, seed=5, batch_size=1, progress=False)
-    assert [[g.token_ids for g in row] for row in together] == [[g.token_ids for g in row] for row in reversed(one_by_one)]
+    one_by_one = generate(
+        any_tiny_lm, list(reversed(PROMPTS)), num_samples=2, max_new_tokens=8, seed=5, batch_size=1, progress=False
+    )
+    assert [[g.token_ids for g in row] for row in together] == [
+        [g.token_ids for g in row] for row in reversed(one_by_one)
+    ]
 
 
 def test_greedy_batch_equals_each_prompt_alone(any_tiny_lm):
@@ -51,7 +55,9 @@ def test_stop_token_ends_the_answer(tiny_lm):
     try:
         lm_head.weight.data[stop] = 0
         lm_head.bias = None
-        hook = lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, __import__("torch").tensor([stop]), 1e4))
+        hook = lm_head.register_forward_hook(
+            lambda m, a, out: out.index_fill(-1, __import__("torch").tensor([stop]), 1e4)
+        )
         out = generate(tiny_lm, ["hi"], max_new_tokens=5, temperature=0.0, progress=False)[0][0]
         hook.remove()
     finally:
@@ -84,5 +90,8 @@ def test_bad_input_gets_a_clear_error(tiny_lm, prompts, kwargs, error, message):
 
 def test_prompt_longer_than_context_is_refused(tiny_lm):
     long_prompt = "water light soil " * 200
-    with pytest.raises(ValueError, match=r"prompts\[1\] is \d+ tokens after chat formatting; with 8 more tokens it exceeds the model's context window of 256"):
+    with pytest.raises(
+        ValueError,
+        match=r"prompts\[1\] is \d+ tokens after chat formatting; with 8 more tokens it exceeds the model's context window of 256",
+    ):
         generate(tiny_lm, ["short", long_prompt], max_new_tokens=8, progress=False)

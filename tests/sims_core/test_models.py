@@ -16,7 +16,12 @@ from sims_core.models import (
 )
 from sims_core.testing import save_tiny_model, tiny_model
 
-EXPECTED_PATHS = {"llama": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h", "gpt_neox": "gpt_neox.layers"}
+EXPECTED_PATHS = {
+    "llama": "model.layers",
+    "qwen2": "model.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
 
 
 @pytest.mark.parametrize("arch", sorted(EXPECTED_PATHS))
@@ -35,7 +40,9 @@ def test_unknown_structure_error_lists_what_was_found():
             self.config = type("C", (), {"num_hidden_layers": 3})()
             self.blocks = nn.ModuleList([nn.Linear(2, 2), nn.ReLU()])
 
-    with pytest.raises(ModelStructureError, match=r"expected a ModuleList of 3 identical blocks; found: blocks \(2 x Linear/ReLU\)"):
+    with pytest.raises(
+        ModelStructureError, match=r"expected a ModuleList of 3 identical blocks; found: blocks \(2 x Linear/ReLU\)"
+    ):
         find_decoder_layers(Odd())
 
 

@@ -92,16 +92,28 @@ def pair(prompt, chosen, rejected, margin, iteration=0):
 
 def test_buffer_keeps_highest_margins_up_to_the_budget_and_says_why_it_dropped():
     buffer = PreferenceBuffer(budget=3, min_margin=0.1)
-    first = buffer.update([pair("p1", "a", "b", 1.0), pair("p2", "a", "b", 0.5), pair("p3", "a", "b", 0.05)], iteration=0)
+    first = buffer.update(
+        [pair("p1", "a", "b", 1.0), pair("p2", "a", "b", 0.5), pair("p3", "a", "b", 0.05)], iteration=0
+    )
     assert (first.offered, first.kept, first.new_kept, first.dropped) == (3, 2, 2, {"below_margin": 1})
     second = buffer.update(
-        PairSet([pair("p1", "a", "b", 0.2, 1), pair("p4", "a", "b", 2.0, 1), pair("p5", "a", "b", 0.7, 1),
-                 pair("p2", "b", "a", 0.9, 1)], prompts=5),
+        PairSet(
+            [
+                pair("p1", "a", "b", 0.2, 1),
+                pair("p4", "a", "b", 2.0, 1),
+                pair("p5", "a", "b", 0.7, 1),
+                pair("p2", "b", "a", 0.9, 1),
+            ],
+            prompts=5,
+        ),
         iteration=1,
     )
     # p1 duplicate (the 1.0 copy from iteration 0 stays); p2 reversed with a larger margin wins.
     assert [(p.prompt, p.chosen, p.margin, p.iteration) for p in buffer.pairs] == [
-        ("p4", "a", 2.0, 1), ("p1", "a", 1.0, 0), ("p2", "b", 0.9, 1)]
+        ("p4", "a", 2.0, 1),
+        ("p1", "a", 1.0, 0),
+        ("p2", "b", 0.9, 1),
+    ]
     assert second.dropped == {"duplicate": 1, "contradicted": 1, "over_budget": 1}
     assert (second.offered, second.kept, second.new_kept) == (4, 3, 2)
     assert len(buffer.history) == 2
@@ -132,7 +144,16 @@ def test_buffer_dataframe_has_every_field():
     buffer = PreferenceBuffer()
     buffer.update([pair("p", "a", "b", 1.0, 2)], iteration=2)
     frame = buffer.to_dataframe()
-    assert list(frame.columns) == ["prompt", "chosen", "rejected", "margin", "iteration", "source", "chosen_score", "rejected_score"]
+    assert list(frame.columns) == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "margin",
+        "iteration",
+        "source",
+        "chosen_score",
+        "rejected_score",
+    ]
     assert frame.iloc[0]["iteration"] == 2
 
 
@@ -142,7 +163,14 @@ def test_dpo_records_in_standard_and_conversational_form():
     conv = to_dpo_records(pairs, conversational=True, metadata=True)[0]
     assert conv["prompt"] == [{"role": "user", "content": "Q?"}]
     assert conv["chosen"] == [{"role": "assistant", "content": "good"}] and conv["margin"] == 1.0
-    assert list(to_dpo_dataframe(pairs, metadata=True).columns) == ["prompt", "chosen", "rejected", "margin", "iteration", "source"]
+    assert list(to_dpo_dataframe(pairs, metadata=True).columns) == [
+        "prompt",
+        "chosen",
+        "rejected",
+        "margin",
+        "iteration",
+        "source",
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -157,7 +185,11 @@ def test_dpo_files_read_back_as_a_datasets_dataset(tmp_path, suffix):
     assert data.column_names == ["prompt", "chosen", "rejected"]
     assert data[0] == {"prompt": "Q1?", "chosen": "good ü", "rejected": "bad"}
     if suffix == ".jsonl":
-        assert json.loads(path.read_text(encoding="utf-8").splitlines()[1]) == {"prompt": "Q2?", "chosen": "yes", "rejected": "no"}
+        assert json.loads(path.read_text(encoding="utf-8").splitlines()[1]) == {
+            "prompt": "Q2?",
+            "chosen": "yes",
+            "rejected": "no",
+        }
     else:
         assert pd.read_parquet(path).shape == (2, 3)
 

@@ -29,13 +29,16 @@ def test_shards_take_whole_groups_round_robin_and_cover_everything_once():
     assert shard_groups(groups, 8, 9) == []  # more shards than groups: some are empty
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda: canonical_groups(["a", "b"], [1], 2), "got 2 keys but 1 lengths"),
-    (lambda: canonical_groups(["a", "a"], [1, 2], 2), "'a' appears twice"),
-    (lambda: canonical_groups(["a"], [1], 0), "group_size must be a positive integer, got 0"),
-    (lambda: shard_groups([[0]], 2, 2), r"shard must be in 0..1, got 2"),
-    (lambda: validate_shards(0), "must be a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: canonical_groups(["a", "b"], [1], 2), "got 2 keys but 1 lengths"),
+        (lambda: canonical_groups(["a", "a"], [1, 2], 2), "'a' appears twice"),
+        (lambda: canonical_groups(["a"], [1], 0), "group_size must be a positive integer, got 0"),
+        (lambda: shard_groups([[0]], 2, 2), r"shard must be in 0..1, got 2"),
+        (lambda: validate_shards(0), "must be a positive integer, got 0"),
+    ],
+)
 def test_bad_plans_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()

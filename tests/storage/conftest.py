@@ -11,6 +11,7 @@ import pytest
 
 from storage import ArtifactStore
 
+
 @pytest.fixture(params=["local", "s3"])
 def store(request, tmp_path) -> ArtifactStore:
     if request.param == "local":

@@ -201,7 +201,9 @@ def test_hf_json_builder_with_local_data_file(tmp_path, hf_cache):
     assert hf_cache.exists()  # datasets' cache went to the tmp dir
     with pytest.raises(PromptSourceError, match="has no split 'test'"):
         load_prompt_texts(f"hf:json:{path}", split="test")
-    with pytest.raises(PromptSourceError, match=r"data files '.*missing\.jsonl' for the Hugging Face json builder were not found"):
+    with pytest.raises(
+        PromptSourceError, match=r"data files '.*missing\.jsonl' for the Hugging Face json builder were not found"
+    ):
         load_prompt_texts(f"hf:json:{tmp_path / 'missing.jsonl'}")
 
 
@@ -243,9 +245,7 @@ def test_hf_hub_dataset_offline_names_dataset_and_suggests_fixes(hf_cache):
     with pytest.raises(PromptSourceError) as info:
         load_prompt_texts("hf:no-such-user/no-such-prompts:cfg")
     msg = str(info.value)
-    assert msg.startswith(
-        "Hugging Face dataset 'no-such-user/no-such-prompts' (config 'cfg') could not be loaded"
-    )
+    assert msg.startswith("Hugging Face dataset 'no-such-user/no-such-prompts' (config 'cfg') could not be loaded")
     assert "HF_HUB_OFFLINE=1" in msg and "save_to_disk" in msg
 
 

@@ -20,7 +20,16 @@ def dead_pid() -> int:
 
 
 def plant_lock(store, run_id: str, **fields) -> LockInfo:
-    info = LockInfo(**{"holder": "old run", "hostname": socket.gethostname(), "pid": 1, "since": "2026-01-01T00:00:00+00:00", "token": "t0", **fields})
+    info = LockInfo(
+        **{
+            "holder": "old run",
+            "hostname": socket.gethostname(),
+            "pid": 1,
+            "since": "2026-01-01T00:00:00+00:00",
+            "token": "t0",
+            **fields,
+        }
+    )
     store.write_bytes(store.lock_uri(run_id), info.to_json())
     return info
 

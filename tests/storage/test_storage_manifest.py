@@ -16,7 +16,9 @@ CFG_B = "b" * 64
 
 
 def prompts_df(n: int = 3, tag: str = "q") -> pd.DataFrame:
-    return pd.DataFrame({"prompt_id": [f"p{i}" for i in range(n)], "prompt": [f"{tag}{i}" for i in range(n)], "split": ["train"] * n})
+    return pd.DataFrame(
+        {"prompt_id": [f"p{i}" for i in range(n)], "prompt": [f"{tag}{i}" for i in range(n)], "split": ["train"] * n}
+    )
 
 
 def completed(store, run="r1", iteration=1, phase="prompts", inputs=None, n=3):

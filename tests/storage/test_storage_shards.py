@@ -23,15 +23,26 @@ def test_shard_phase_names_round_trip_and_sort_after_their_phase():
     assert split_shard_phase("generations_shard_002_of_004") == ("generations", 2, 4)
     assert split_shard_phase("buffer") == ("buffer", 0, 1)
     names = ["buffer", "rankings_shard_001_of_002", "generations_shard_001_of_002", "generations_shard_000_of_002"]
-    assert sorted(names, key=phase_sort_key) == ["generations_shard_000_of_002", "generations_shard_001_of_002",
-                                                 "rankings_shard_001_of_002", "buffer"]
+    assert sorted(names, key=phase_sort_key) == [
+        "generations_shard_000_of_002",
+        "generations_shard_001_of_002",
+        "rankings_shard_001_of_002",
+        "buffer",
+    ]
     with pytest.raises(ValueError, match="shard 4 of 4 is not valid"):
         shard_phase("generations", 4, 4)
 
 
 def _rankings(ids):
-    return pd.DataFrame({"prompt_id": ids, "sample_index": [0] * len(ids), "score": [0.5] * len(ids),
-                         "rank": [0] * len(ids), "oracle": ["x"] * len(ids)})
+    return pd.DataFrame(
+        {
+            "prompt_id": ids,
+            "sample_index": [0] * len(ids),
+            "score": [0.5] * len(ids),
+            "rank": [0] * len(ids),
+            "oracle": ["x"] * len(ids),
+        }
+    )
 
 
 def test_read_frames_merges_shards_in_key_order(store):
@@ -54,7 +65,11 @@ def _activations(store, phase, ids, offset):
 def test_activation_pairs_merge_in_pair_then_token_order(store):
     a = _activations(store, "activations_shard_000_of_003", ["b:10", "a:0"], 0)
     b = _activations(store, "activations_shard_001_of_003", ["b:2"], 10)
-    empty = store.activation_writer(store.uri("r", 1, "activations_shard_002_of_003"), hidden=3, dtype="float32").close().uri
+    empty = (
+        store.activation_writer(store.uri("r", 1, "activations_shard_002_of_003"), hidden=3, dtype="float32")
+        .close()
+        .uri
+    )
     assert store.activation_layers([a, b, empty]) == [2]
     chosen, rejected, ids = store.load_activation_pairs([a, b, empty], 2)
     assert ids == ["a:0", "b:2", "b:10"]  # numeric token order, not string order
@@ -82,8 +97,15 @@ manifest.complete(1, phase, {"generations": out})
 def test_shards_completing_at_once_in_four_processes_lose_no_entry(store, tmp_path):
     Manifest.load_or_create(store, "run", config={"a": 1})
     go = tmp_path / "go"
-    workers = [subprocess.Popen([sys.executable, "-c", COMPLETE_SHARD, store.url, str(i), str(go)], env=os.environ.copy(),
-                                stderr=subprocess.PIPE, text=True) for i in range(4)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", COMPLETE_SHARD, store.url, str(i), str(go)],
+            env=os.environ.copy(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     time.sleep(3)  # let the four processes import and wait at the start line
     go.write_text("go")
     errors = [w.communicate(timeout=120)[1] for w in workers]
@@ -91,7 +113,9 @@ def test_shards_completing_at_once_in_four_processes_lose_no_entry(store, tmp_pa
     manifest = Manifest.load(store, "run")
     phases = [shard_phase("generations", i, 4) for i in range(4)]
     assert [manifest.entry(1, p).status for p in phases] == ["completed"] * 4
-    assert [store.read_bytes(u).decode() for u in manifest.shard_uris(1, "generations")] == [f"shard {i}" for i in range(4)]
+    assert [store.read_bytes(u).decode() for u in manifest.shard_uris(1, "generations")] == [
+        f"shard {i}" for i in range(4)
+    ]
     on_disk = json.loads(store.read_bytes(store.manifest_uri("run")))
     assert on_disk["entries"] == []  # shard entries live in their own files
     manifest.record(1, "buffer", "completed")  # a later whole-manifest write keeps them
@@ -104,5 +128,8 @@ def test_shard_uris_pick_the_complete_plan(store):
         phase = shard_phase("rankings", shard, 2)
         manifest.complete(1, phase, {"rankings": store.write_bytes(store.uri("run", 1, phase, "txt"), "x")})
     manifest.start(1, shard_phase("rankings", 0, 3), config_hash="c")  # a newer plan, unfinished
-    assert [split_shard_phase(u.rsplit("/", 1)[1].split(".")[0])[1:] for u in manifest.shard_uris(1, "rankings")] == [(0, 2), (1, 2)]
+    assert [split_shard_phase(u.rsplit("/", 1)[1].split(".")[0])[1:] for u in manifest.shard_uris(1, "rankings")] == [
+        (0, 2),
+        (1, 2),
+    ]
     assert manifest.shard_uris(1, "generations") == []

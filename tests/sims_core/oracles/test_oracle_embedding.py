@@ -9,7 +9,11 @@ import pytest
 from sims_core.oracles import OracleError, get_oracle, judge_sanity, packaged_minilm_path
 
 PROMPTS = ["What is the capital of France?", "How do plants make their food?", "How many legs does a spider have?"]
-ANSWERS = ["The capital of France is Paris.", "Plants make food by photosynthesis using sunlight.", "A spider has eight legs."]
+ANSWERS = [
+    "The capital of France is Paris.",
+    "Plants make food by photosynthesis using sunlight.",
+    "A spider has eight legs.",
+]
 
 
 @pytest.fixture(scope="module")

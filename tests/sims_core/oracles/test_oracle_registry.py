@@ -14,7 +14,10 @@ def test_known_oracles_are_registered():
 
 
 def test_unknown_oracle_name_lists_the_known_ones():
-    with pytest.raises(OracleError, match=r"unknown oracle 'magic'; known oracles: callable, embedding, pmi, reward_model, self_judge, sum"):
+    with pytest.raises(
+        OracleError,
+        match=r"unknown oracle 'magic'; known oracles: callable, embedding, pmi, reward_model, self_judge, sum",
+    ):
         get_oracle("magic")
 
 
@@ -45,7 +48,9 @@ def test_candidates_may_have_different_k_per_prompt():
 
 
 def test_nan_score_is_an_error_naming_oracle_prompt_and_candidate():
-    with pytest.raises(OracleError, match=r"oracle 'judge-x' returned NaN for prompt 1 \('second prompt'\), candidate 2 \('c'\)"):
+    with pytest.raises(
+        OracleError, match=r"oracle 'judge-x' returned NaN for prompt 1 \('second prompt'\), candidate 2 \('c'\)"
+    ):
         check_scores("judge-x", ["first", "second prompt"], [["a", "b"], ["a", "b", "c"]], [[1, 2], [0, 1, math.nan]])
 
 

@@ -16,7 +16,9 @@ import torch
 from sims_core.oracles import OracleError, get_oracle
 from sims_core.testing import tiny_tokenizer
 
-TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if not loop.last %}{{ '\\n' }}{% endif %}{% endfor %}"
+TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if not loop.last %}{{ '\\n' }}{% endif %}{% endfor %}"
+)
 HIDDEN = 16
 
 
@@ -25,9 +27,16 @@ def build_reward_model(num_labels: int = 1):
 
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = TEMPLATE
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, num_labels=num_labels,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_labels=num_labels,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = LlamaForSequenceClassification(config)
     angles = torch.linspace(0, math.pi, len(tokenizer))
@@ -44,15 +53,18 @@ def build_reward_model(num_labels: int = 1):
 
 
 def expected(tokenizer, angles, prompt, answer):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
-                                         tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], tokenize=False
+    )
     last = tokenizer(text, add_special_tokens=False)["input_ids"][-1]
     return math.sqrt(HIDDEN) * math.cos(float(angles[last]))
 
 
 PROMPTS = ["What is the capital of France?", "Give three tips for sleep."]
-CANDIDATES = [["Paris is the capital of France.", "The dog", "water, light and soil"],
-              ["Sleep well!", "Numbers 0 1 2 3", "kindly"]]
+CANDIDATES = [
+    ["Paris is the capital of France.", "The dog", "water, light and soil"],
+    ["Sleep well!", "Numbers 0 1 2 3", "kindly"],
+]
 
 
 def test_scores_match_the_construction_through_the_chat_template():
@@ -76,7 +88,10 @@ def test_loads_a_saved_reward_model_directory_and_batching_does_not_change_score
 
 def test_reward_model_without_a_single_score_head_is_an_error():
     model, tokenizer, _ = build_reward_model(num_labels=3)
-    with pytest.raises(OracleError, match=r"has a classification head with 3 outputs; a reward model needs a single-score head \(num_labels=1\)"):
+    with pytest.raises(
+        OracleError,
+        match=r"has a classification head with 3 outputs; a reward model needs a single-score head \(num_labels=1\)",
+    ):
         get_oracle("reward_model", model=model, tokenizer=tokenizer)
 
 

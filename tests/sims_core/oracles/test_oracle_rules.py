@@ -48,15 +48,20 @@ def test_callable_path_that_does_not_import_is_one_clear_error(rules_module, pat
 
 def test_nan_from_a_callable_names_the_oracle(rules_module):
     oracle = get_oracle("callable", function=f"{rules_module}:broken")
-    with pytest.raises(OracleError, match=r"callable\(my_sims_rules:broken\)' returned NaN for prompt 0 \('p'\), candidate 0"):
+    with pytest.raises(
+        OracleError, match=r"callable\(my_sims_rules:broken\)' returned NaN for prompt 0 \('p'\), candidate 0"
+    ):
         oracle.score(["p"], [["a", "b"]])
 
 
 def test_weighted_sum_of_oracles(rules_module):
-    oracle = get_oracle("sum", oracles=[
-        {"name": "callable", "function": f"{rules_module}:length", "weight": 0.5},
-        (get_oracle("callable", function=lambda p, a: 10.0 if "!" in a else 0.0), 2.0),
-    ])
+    oracle = get_oracle(
+        "sum",
+        oracles=[
+            {"name": "callable", "function": f"{rules_module}:length", "weight": 0.5},
+            (get_oracle("callable", function=lambda p, a: 10.0 if "!" in a else 0.0), 2.0),
+        ],
+    )
     assert oracle.score(["p"], [["abcd", "ab!", "x"]]) == [[2.0, 21.5, 0.5]]
     assert oracle.name.startswith("sum(0.5*callable(my_sims_rules:length) + 2*callable(")
 

@@ -24,7 +24,9 @@ def _block_output(lm, ids, layer):
     """Output of block ``layer`` as the next block sees it (after any steering hook); ``ids`` is
     a tensor of token ids or a dict of model inputs."""
     seen = {}
-    hook = lm.layers[layer].register_forward_hook(lambda m, a, out: seen.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    hook = lm.layers[layer].register_forward_hook(
+        lambda m, a, out: seen.setdefault("h", out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.no_grad():
             lm.model(**ids) if isinstance(ids, dict) or hasattr(ids, "keys") else lm.model(ids)
@@ -109,9 +111,13 @@ def test_last_position_edits_newest_real_token_under_left_padding(tiny_lm):
 
 
 def test_works_under_transformers_generate_too(tiny_lm):
-    enc = tiny_lm.tokenizer([tiny_lm.format_prompt(p) for p in PROMPTS], padding=True, return_tensors="pt", add_special_tokens=False)
+    enc = tiny_lm.tokenizer(
+        [tiny_lm.format_prompt(p) for p in PROMPTS], padding=True, return_tensors="pt", add_special_tokens=False
+    )
     with steer(tiny_lm, {1: _vector(tiny_lm)}, positions="all"):
-        out = tiny_lm.model.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id)
+        out = tiny_lm.model.generate(
+            **enc, max_new_tokens=6, do_sample=False, pad_token_id=tiny_lm.tokenizer.pad_token_id
+        )
         ours = _greedy(tiny_lm, PROMPTS, n=6)
     width = enc["input_ids"].shape[1]
     hf = [tuple(t for t in row[width:].tolist() if t not in tiny_lm.stop_token_ids) for row in out]

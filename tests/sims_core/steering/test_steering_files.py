@@ -23,7 +23,8 @@ def fitted(tiny_lms):
     neg = {1: torch.randn(40, 64, generator=g) - 1, 2: torch.randn(40, 64, generator=g) - 1}
     return {
         name: fit_steering(name, pos, neg, top_k=2, model=lm, epochs=1, metadata={"iteration": 3})
-        if name != "mean_diff" else fit_steering(name, pos, neg, top_k=2, model=lm, alpha=0.5)
+        if name != "mean_diff"
+        else fit_steering(name, pos, neg, top_k=2, model=lm, alpha=0.5)
         for name in ("hpr", "mean_diff", "linear_shift")
     }
 
@@ -62,8 +63,13 @@ def test_header_describes_the_file(fitted, tiny, tmp_path):
     assert "decoder blocks 0..L-1" in header["layer_numbering"] and header["hook_site"] == "block_output"
     assert header["positions"] == "last" and header["alpha"] == 1.0 and header["dtype"] == "float32"
     assert header["hidden_size"] == 64
-    assert header["model"] == {"name": tiny.name, "config_hash": tiny.config_hash, "num_layers": 4, "hidden_size": 64,
-                               "model_type": "llama"}
+    assert header["model"] == {
+        "name": tiny.name,
+        "config_hash": tiny.config_hash,
+        "num_layers": 4,
+        "hidden_size": 64,
+        "model_type": "llama",
+    }
     assert header["sims_version"] == sims_core.__version__
     assert set(header["layer_scores"]) == {"1", "2"} and header["metadata"] == {"iteration": 3}
     assert header["options"]["lr"] == 5e-4 and header["options"]["epochs"] == 1
@@ -127,8 +133,11 @@ def test_files_that_are_not_steering_files_are_clear_errors(fitted, tmp_path):
     header = fitted["mean_diff"].header()
     del header["hidden_size"]
     partial = tmp_path / "partial.safetensors"
-    save_file({"layers.1.vector": torch.zeros(64), "layers.2.vector": torch.zeros(64)}, str(partial),
-              metadata={"sims_steering": json.dumps(header)})
+    save_file(
+        {"layers.1.vector": torch.zeros(64), "layers.2.vector": torch.zeros(64)},
+        str(partial),
+        metadata={"sims_steering": json.dumps(header)},
+    )
     with pytest.raises(SteeringFileError, match="header lacks hidden_size"):
         SteeringSet.load(partial)
     with pytest.raises(FileNotFoundError, match="no steering file"):

@@ -34,7 +34,10 @@ def test_mean_diff_exports_as_controlvector_gguf(tiny, tmp_path):
 
 
 def test_only_mean_diff_sets_above_layer_0_export(tiny, tmp_path):
-    pos, neg = {0: torch.randn(20, 64) + 1, 1: torch.randn(20, 64) + 1}, {0: torch.randn(20, 64), 1: torch.randn(20, 64)}
+    pos, neg = (
+        {0: torch.randn(20, 64) + 1, 1: torch.randn(20, 64) + 1},
+        {0: torch.randn(20, 64), 1: torch.randn(20, 64)},
+    )
     with pytest.raises(ValueError, match="layer 0 cannot be exported"):
         fit_steering("mean_diff", pos, neg, model=tiny).to_gguf(tmp_path / "x.gguf")
     with pytest.raises(ValueError, match="only mean_diff steering sets"):

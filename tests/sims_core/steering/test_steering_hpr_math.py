@@ -51,7 +51,9 @@ def test_reflection_angle_equals_arccos_of_h_and_hh(hw):
 def test_angle_between_matches_math_acos():
     u = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     v = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [-3.0, 0.0, 0.0]], dtype=torch.float64)
-    torch.testing.assert_close(angle_between(u, v), torch.tensor([math.pi / 2, math.pi / 4, math.pi], dtype=torch.float64))
+    torch.testing.assert_close(
+        angle_between(u, v), torch.tensor([math.pi / 2, math.pi / 4, math.pi], dtype=torch.float64)
+    )
 
 
 def test_pseudo_rotation_equals_published_formula_and_keeps_norms(hw):
@@ -99,7 +101,9 @@ def constant_angle_hpr(w: torch.Tensor, angle: float) -> HPRFunction:
 def test_angle_network_is_pi_times_sigmoid():
     w = torch.randn(8, dtype=torch.float64)
     fn = constant_angle_hpr(w, 1.2)
-    torch.testing.assert_close(fn.angle(torch.randn(5, 8, dtype=torch.float64)), torch.full((5,), 1.2, dtype=torch.float64))
+    torch.testing.assert_close(
+        fn.angle(torch.randn(5, 8, dtype=torch.float64)), torch.full((5,), 1.2, dtype=torch.float64)
+    )
 
 
 def test_only_activations_the_probe_calls_negative_move(hw):

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 import sims_core.steering.fit as fit_module
-from sims_core.steering import Learner, MeanDiffFunction, SteeringSet, fit_steering, get_learner, known_learners, register_learner
+from sims_core.steering import (
+    Learner,
+    MeanDiffFunction,
+    SteeringSet,
+    fit_steering,
+    get_learner,
+    known_learners,
+    register_learner,
+)
 from sims_core.steering.learners import _REGISTRY
 
 
@@ -80,8 +88,10 @@ def test_warm_start_begins_from_the_previous_set(make_pairs, learner):
     for name, tensor in first[0].state().items():
         torch.testing.assert_close(again[0].state()[name], tensor, rtol=1e-6, atol=1e-6)
     cold = fit_steering(learner, {0: pos}, {0: neg}, top_k=1, seed=2, lr=1e-12)
-    assert not torch.allclose(cold[0].state()["down" if learner == "linear_shift" else "probe_weight"],
-                              first[0].state()["down" if learner == "linear_shift" else "probe_weight"])
+    assert not torch.allclose(
+        cold[0].state()["down" if learner == "linear_shift" else "probe_weight"],
+        first[0].state()["down" if learner == "linear_shift" else "probe_weight"],
+    )
     assert again.selection["warm_start"] is True
 
 
@@ -99,7 +109,11 @@ def test_layer_selection_keeps_the_informative_layers_and_records_scores(make_pa
     P = {0: noise_p, 1: pos, 2: noise_p * 2, 3: pos * 0.5}
     N = {0: noise_n, 1: neg, 2: noise_n * 2, 3: neg * 0.5}
     for learner in ("hpr", "mean_diff", "linear_shift"):
-        s = fit_steering(learner, P, N, top_k=2, epochs=1) if learner != "mean_diff" else fit_steering(learner, P, N, top_k=2)
+        s = (
+            fit_steering(learner, P, N, top_k=2, epochs=1)
+            if learner != "mean_diff"
+            else fit_steering(learner, P, N, top_k=2)
+        )
         assert s.layers == [1, 3], learner
         assert sorted(s.layer_scores) == [0, 1, 2, 3]
         assert min(s.layer_scores[1], s.layer_scores[3]) > 0.9 > max(s.layer_scores[0], s.layer_scores[2])
@@ -113,7 +127,9 @@ def test_layer_selection_keeps_the_informative_layers_and_records_scores(make_pa
 
 def test_unknown_learner_lists_known_ones(make_pairs):
     pos, neg, _ = make_pairs(n=10, d=4)
-    with pytest.raises(ValueError, match=r"unknown steering learner 'pca'; known learners: hpr, linear_shift, mean_diff"):
+    with pytest.raises(
+        ValueError, match=r"unknown steering learner 'pca'; known learners: hpr, linear_shift, mean_diff"
+    ):
         fit_steering("pca", {0: pos}, {0: neg})
     with pytest.raises(ValueError, match="unknown option.*'learning_rate'.*allowed options: lr, epochs"):
         fit_steering("hpr", {0: pos}, {0: neg}, learning_rate=0.1)

@@ -16,7 +16,13 @@ def test_align_pairs_aligns_positions_up_to_the_shorter_response():
     p2, n2 = torch.randn(2, 8, generator=g), torch.randn(4, 8, generator=g)
     pos, neg, stats = align_pairs([p1, p2], [n1, n2], return_stats=True)
     assert torch.equal(pos, torch.cat([p1[:3], p2[:2]])) and torch.equal(neg, torch.cat([n1, n2[:2]]))
-    assert (stats.responses, stats.positions, stats.kept, stats.skipped_identical, stats.unpaired_tokens) == (2, 5, 5, 0, 4)
+    assert (stats.responses, stats.positions, stats.kept, stats.skipped_identical, stats.unpaired_tokens) == (
+        2,
+        5,
+        5,
+        0,
+        4,
+    )
 
 
 def test_align_pairs_skips_nearly_identical_positions():
@@ -62,14 +68,49 @@ def _ok(n=10, d=4):
     ("learner", "pos", "neg", "kwargs", "message"),
     [
         ("hpr", {0: torch.randn(10, 4)}, {0: torch.randn(9, 4)}, {}, r"pos\[0\] has 10 rows and neg\[0\] has 9"),
-        ("hpr", {0: torch.randn(10, 4)}, {0: torch.randn(10, 5)}, {}, r"neg\[0\] has hidden size 5, but other activations have 4"),
-        ("mean_diff", {0: torch.randn(10, 4), 1: torch.randn(10, 4)}, {0: torch.randn(10, 4)}, {},
-         r"layer\(s\) \[1\] are in pos but missing from neg"),
-        ("hpr", {0: torch.randn(10, 4)}, {0: torch.randn(10, 4)}, {"layers": [0, 3]}, r"layer\(s\) \[3\] were asked for but are missing"),
-        ("hpr", {0: torch.randn(10, 4)}, {0: torch.randn(10, 4)}, {"top_k": 0}, "top_k must be a positive integer or None, got 0"),
+        (
+            "hpr",
+            {0: torch.randn(10, 4)},
+            {0: torch.randn(10, 5)},
+            {},
+            r"neg\[0\] has hidden size 5, but other activations have 4",
+        ),
+        (
+            "mean_diff",
+            {0: torch.randn(10, 4), 1: torch.randn(10, 4)},
+            {0: torch.randn(10, 4)},
+            {},
+            r"layer\(s\) \[1\] are in pos but missing from neg",
+        ),
+        (
+            "hpr",
+            {0: torch.randn(10, 4)},
+            {0: torch.randn(10, 4)},
+            {"layers": [0, 3]},
+            r"layer\(s\) \[3\] were asked for but are missing",
+        ),
+        (
+            "hpr",
+            {0: torch.randn(10, 4)},
+            {0: torch.randn(10, 4)},
+            {"top_k": 0},
+            "top_k must be a positive integer or None, got 0",
+        ),
         ("nope", {0: torch.randn(10, 4)}, {0: torch.randn(10, 4)}, {}, "unknown steering learner 'nope'"),
-        ("hpr", {0: torch.randn(10, 4)}, {0: torch.tensor([[math.nan] * 4] * 10)}, {}, r"neg\[0\] contains NaN or infinite values"),
-        ("mean_diff", {0: torch.randn(10, 4)}, {0: torch.randn(10, 4).to(torch.int64)}, {}, r"neg\[0\] must be floating point"),
+        (
+            "hpr",
+            {0: torch.randn(10, 4)},
+            {0: torch.tensor([[math.nan] * 4] * 10)},
+            {},
+            r"neg\[0\] contains NaN or infinite values",
+        ),
+        (
+            "mean_diff",
+            {0: torch.randn(10, 4)},
+            {0: torch.randn(10, 4).to(torch.int64)},
+            {},
+            r"neg\[0\] must be floating point",
+        ),
         ("hpr", [torch.randn(10, 4)], {0: torch.randn(10, 4)}, {}, r"pos must be a non-empty dict"),
     ],
 )
