@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from sims_core.errors import ConfigError
+
 __all__ = ["ConfigError", "SimsConfig", "LEARNERS", "PAIR_STRATEGIES", "ENGINES", "ENGINE_OPTIONS"]
 
 LEARNERS = ("hpr", "mean_diff", "linear_shift")
@@ -43,10 +45,6 @@ DEFAULT_ALPHAS: dict[str, tuple[float, ...]] = {
     "hpr": (0.5, 1.0),
     "linear_shift": (0.5, 1.0),
 }
-
-
-class ConfigError(ValueError):
-    """A configuration field has a value sims cannot use."""
 
 
 @dataclass(frozen=True)

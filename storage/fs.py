@@ -23,6 +23,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from sims_core.errors import UserError
+
 __all__ = [
     "DEFAULT_STORE_URL",
     "SUPPORTED_SCHEMES",
@@ -36,7 +38,7 @@ DEFAULT_STORE_URL = "./runs"
 SUPPORTED_SCHEMES: tuple[str, ...] = ("file", "s3")
 
 
-class UnsupportedStoreError(ValueError):
+class UnsupportedStoreError(UserError):
     """The store URL uses a scheme that ``storage`` does not support."""
 
 

@@ -27,6 +27,8 @@ import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sims_core.errors import UserError
+
 from . import artifacts as _a
 from .layout import validate_run_id
 from .manifest import utc_now
@@ -66,7 +68,7 @@ class LockInfo:
             return cls(holder="<unreadable lock file>", hostname="?", pid=-1, since="?", token="")
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError):
     """The run is locked by another writer."""
 
     def __init__(self, run_id: str, lock_uri: str, info: LockInfo) -> None:

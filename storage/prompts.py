@@ -42,6 +42,8 @@ from typing import Any
 
 import fsspec
 
+from sims_core.errors import UserError
+
 __all__ = [
     "DEFAULT_SOURCE",
     "HF_PREFIX",
@@ -59,7 +61,7 @@ _PACKAGED_BUILDERS = ("json", "csv", "parquet", "text")
 _MAX_LISTED = 5
 
 
-class PromptSourceError(ValueError):
+class PromptSourceError(UserError):
     """A prompt source that cannot be read as prompts: unsupported extension, missing column,
     bad values, or a Hugging Face dataset that cannot be loaded."""
 

@@ -23,6 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sims_core.errors import UserError
+
 __all__ = [
     "ArtifactSchemaError",
     "SCHEMAS",
@@ -43,7 +45,7 @@ ACTIVATION_DTYPES: tuple[str, ...] = ("float16", "float32")
 ACTIVATION_ROLES: tuple[str, ...] = ("chosen", "rejected")
 
 
-class ArtifactSchemaError(ValueError):
+class ArtifactSchemaError(UserError):
     """A table does not match its declared schema (missing, wrong or unexpected column)."""
 
     def __init__(

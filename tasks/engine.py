@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from sims_core.config import ConfigError, SimsConfig
+from sims_core.errors import SimsError, UserError
 from storage import Manifest, shard_phase, stable_hash
 from tasks.evaluate import evaluate_policy
 from tasks.extract import extract_activations
@@ -48,11 +49,11 @@ DEFAULT_RETRIES = 1
 UNITS = ("generations", "rankings", "activations", "steering", "eval")
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError):
     """The configured engine cannot run: missing package, unreachable scheduler, no deployment."""
 
 
-class ShardsFailed(RuntimeError):
+class ShardsFailed(SimsError):
     """Some shards of a phase failed; the others finished and their artifacts are kept."""
 
 

@@ -13,6 +13,8 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from sims_core.errors import UserError
+
 __all__ = [
     "Oracle",
     "OracleError",
@@ -26,7 +28,7 @@ __all__ = [
 ]
 
 
-class OracleError(ValueError):
+class OracleError(UserError):
     """Bad oracle input or output; the message names the oracle, prompt and candidate."""
 
 

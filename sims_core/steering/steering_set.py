@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sims_core.errors import UserError
 from sims_core.models import LanguageModel
 from sims_core.steering.hooks import POSITIONS
 from sims_core.steering.learners import LayerFunction, get_learner
@@ -49,11 +50,11 @@ LAYER_NUMBERING = "decoder blocks 0..L-1; layer l is the output of block l (outp
 FILE_NAME = "steering.safetensors"
 
 
-class SteeringFileError(ValueError):
+class SteeringFileError(UserError):
     """A steering file (or its bytes) is not a valid sims steering file."""
 
 
-class IncompatibleSteeringError(ValueError):
+class IncompatibleSteeringError(UserError):
     """A steering set does not fit the model it is being applied to."""
 
 
