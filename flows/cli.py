@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from sims_core.errors import SimsError, UserError, is_user_error
+
 __all__ = ["main"]
 
 DEFAULT_STORE = os.environ.get("SIMS_STORE", "./runs")
@@ -30,34 +32,8 @@ DEFAULT_STORE = os.environ.get("SIMS_STORE", "./runs")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A mistake in what the user asked for: printed as one line, exit status 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from sims_core.config import ConfigError
-    from sims_core.models import ModelLoadError, ModelStructureError
-    from sims_core.oracles import OracleError
-    from sims_core.steering.steering_set import IncompatibleSteeringError, SteeringFileError
-    from storage import ArtifactSchemaError, RunLockedError, UnsupportedStoreError
-    from storage.prompts import PromptSourceError
-    from tasks.engine import EngineError
-
-    return (
-        UsageError,
-        PromptSourceError,
-        EngineError,
-        ConfigError,
-        ModelLoadError,
-        ModelStructureError,
-        OracleError,
-        RunLockedError,
-        UnsupportedStoreError,
-        ArtifactSchemaError,
-        SteeringFileError,
-        IncompatibleSteeringError,
-        FileNotFoundError,
-    )
 
 
 def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None):
@@ -103,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id()
     preflight(cfg, run_id)
     print(f"sims run {run_id}: store {cfg.store}, model {cfg.model}, {cfg.iterations} iteration(s)", flush=True)
-    result = self_improve(run_id=run_id, config=cfg.to_dict())
+    result = self_improve(run_id=run_id, config=cfg)
     _print_result(result)
     return 0
 
@@ -126,7 +102,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     preflight(cfg, args.run_id)
     print(f"sims resume {args.run_id}: {cfg.iterations} iteration(s), finished phases are skipped", flush=True)
-    result = self_improve(run_id=args.run_id, config=cfg.to_dict())
+    result = self_improve(run_id=args.run_id, config=cfg)
     _print_result(result)
     return 0
 
@@ -190,7 +166,7 @@ def _latest(manifest, phase: str, iteration: int | None) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from tasks.evaluate import summary_from_eval
+    from tasks.eval import summary_from_eval
 
     manifest = _manifest(args.store or DEFAULT_STORE, args.run_id)
     t = _latest(manifest, "eval", args.iteration)
@@ -223,10 +199,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.what == "steering":
             path = steering.save(args.out)
         else:
-            if steering.learner != "mean_diff":
+            from sims_core.steering.learners import get_learner, known_learners
+
+            if not get_learner(steering.learner).vector_export:
+                vectors = [n for n in known_learners() if get_learner(n).vector_export]
                 raise UsageError(
                     f"a GGUF control vector holds one vector per layer; iteration {t} used learner "
-                    f"{steering.learner!r}, so only mean_diff runs can be exported as GGUF"
+                    f"{steering.learner!r}, whose layer functions are not vectors (learners that export: {vectors})"
                 )
             path = steering.to_gguf(args.out)
         print(
@@ -306,7 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as exc:
+    except (SimsError, FileNotFoundError) as exc:
+        if not (is_user_error(exc) or isinstance(exc, FileNotFoundError)):
+            raise
         print(f"sims {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

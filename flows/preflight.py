@@ -9,7 +9,6 @@ from pathlib import Path
 
 from sims_core.config import ConfigError, SimsConfig
 from sims_core.models import EMBEDDED_MODEL, ModelLoadError, embedded_gguf_path
-from sims_core.oracles import known_oracles
 from storage import ArtifactStore, validate_run_id
 from storage.prompts import load_prompt_table
 
@@ -40,11 +39,6 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
             raise ConfigError(str(exc)) from None
     ArtifactStore.open(cfg.store)
     _check_model(cfg.model)
-    known = known_oracles()
-    for field in ("oracle", "judge"):
-        name = getattr(cfg, field)
-        if name not in known:
-            raise ConfigError(f"{field} must be one of {known}, got {name!r}")
     load_prompt_table(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
     from tasks.engine import check_engine
 

@@ -1,8 +1,8 @@
 """The `self_improve` flow: T resumable SIMS iterations.
 
     prompts (split once) -> for t in 1..T:
-        sample prompts -> generate (pi_{t-1}) -> rank (oracle) -> buffer (pairs + memory bank)
-        -> activations (base model) -> steering (fit + alpha selection) -> eval (judge vs base)
+        prompts (sample) -> generations (pi_{t-1}) -> rankings (oracle) -> buffer (pairs + memory
+        bank) -> activations (base model) -> steering (fit + strength selection) -> eval (judge)
     -> report
 
 Generation, ranking and activation extraction run as ``shards`` parallel task runs on the engine
@@ -10,8 +10,8 @@ the config names (threads, a Dask or Ray cluster, or a GPU deployment; see `task
 iterations run in a subflow whose task runner is that engine's.
 
 Every phase persists its artifacts under ``{store}/{run_id}/iter=<t>/`` and is skipped when they
-are fresh, so running the flow again on the same run id resumes where it stopped, and asking a
-finished run for more iterations continues from its last one.
+are fresh (its task run ends ``Cached``), so running the flow again on the same run id resumes
+where it stopped, and asking a finished run for more iterations continues from its last one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import socket
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -33,15 +33,13 @@ from prefect.artifacts import (
 import sims_core
 from sims_core.config import SimsConfig
 from storage import ArtifactStore, Manifest, validate_run_id
-from tasks.buffer import build_buffer
-from tasks.engine import check_engine, prepare_workers, run_units, task_runner_for
-from tasks.evaluate import evaluate_policy
-from tasks.fit import fit_steering_set
+from tasks.buffer import buffer_phase
+from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
 from tasks.phase import PhaseContext, phase_logger
-from tasks.prompts import sample_iteration_prompts, split_prompt_set
+from tasks.prompts import prompts_phase
 from tasks.report import write_report
 
-__all__ = ["new_run_id", "self_improve", "build_config"]
+__all__ = ["new_run_id", "run_tag", "self_improve"]
 
 
 def new_run_id() -> str:
@@ -49,11 +47,9 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def build_config(config: dict[str, Any] | None, **explicit: Any) -> SimsConfig:
-    """The run's config: ``config`` overridden by the explicit flow parameters that are set."""
-    values = dict(config or {})
-    values.update({key: value for key, value in explicit.items() if value is not None})
-    return SimsConfig.from_dict(values)
+def run_tag(run_id: str) -> str:
+    """The Prefect tag on every task run of a sims run (find them in the UI or the API)."""
+    return f"sims-run:{run_id}"
 
 
 def _artifact_key(run_id: str, suffix: str) -> str:
@@ -62,51 +58,37 @@ def _artifact_key(run_id: str, suffix: str) -> str:
     return f"sims-{clean}-{suffix}"[:120]
 
 
-@flow(name="self-improve", description="Self-Improving Model Steering: T resumable iterations.")
-def self_improve(
-    run_id: str | None = None,
-    model: str | None = None,
-    prompts: str | None = None,
-    oracle: str | None = None,
-    judge: str | None = None,
-    learner: str | None = None,
-    layers: list[int] | None = None,
-    num_prompts: int | None = None,
-    num_samples: int | None = None,
-    iterations: int | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    store: str | None = None,
-    seed: int | None = None,
-    shards: int | None = None,
-    engine: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a SIMS run. Parameters left as None take their value from ``config``, then
-    from the defaults of `SimsConfig` (see README, "Configuration")."""
-    explicit = {name: value for name, value in locals().items() if name not in ("run_id", "config")}
-    cfg = build_config(config, **explicit)
+@flow(
+    name="self-improve", description="Self-Improving Model Steering: T resumable iterations.", validate_parameters=False
+)
+def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a SIMS run with ``config`` (see README, "Configuration"); ``run_id`` names
+    the run (default: a new sortable name)."""
+    config = SimsConfig.from_dict(config if config is not None else {})
     run_id = validate_run_id(run_id or new_run_id())
-    check_engine(cfg)
+    check_engine(config)
     log = phase_logger()
-    artifact_store = ArtifactStore.open(cfg.store)
+    artifact_store = ArtifactStore.open(config.store)
     holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
     with artifact_store.lock(run_id, holder=holder):
-        Manifest.load_or_create(artifact_store, run_id, config=cfg.to_dict(), sims_version=sims_core.__version__)
+        Manifest.load_or_create(artifact_store, run_id, config=config.to_dict(), sims_version=sims_core.__version__)
         log.info(
             "run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
             run_id,
             artifact_store.url,
-            cfg.iterations,
-            cfg.model,
-            cfg.learner,
-            cfg.oracle,
-            cfg.judge,
-            cfg.shards,
-            cfg.engine,
+            config.iterations,
+            config.model,
+            config.learner,
+            config.oracle,
+            config.judge,
+            config.shards,
+            config.engine,
         )
-        runner = run_iterations.with_options(task_runner=task_runner_for(cfg))
-        report, steering = runner(artifact_store.url, run_id, cfg.to_dict())
+        runner = run_iterations.with_options(task_runner=task_runner_for(config))
+        with tags(run_tag(run_id)):
+            report, steering = runner(
+                PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
+            )
     final = report["table"][-1] if report["table"] else {}
     return {
         "run_id": run_id,
@@ -125,58 +107,69 @@ def self_improve(
     }
 
 
+def _named(task: Any, phase: str, iteration: int) -> Any:
+    """Run ``task`` in this flow under the run name ``<phase>-iter-<t>`` and return its value
+    (a skipped phase ends Cached with the value as its data)."""
+    named = task.with_options(task_run_name=f"{phase}-iter-{iteration}")
+    return lambda *args, **kwargs: named(*args, return_state=True, **kwargs).result()
+
+
 @flow(name="self-improve-iterations", description="The iterations of one SIMS run, on the engine its config names.")
-def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
     """Iterations 1..T of a run whose manifest exists and whose lock the caller holds; returns
     the report and the last steering artifact's URI."""
-    cfg = SimsConfig.from_dict(config)
-    remote = cfg.engine == "deployment"
+    config = run.config
 
-    def context(t: int) -> PhaseContext:
-        return PhaseContext(store_url=store_url, run_id=run_id, iteration=t, config=config)
+    def sharded(ctx: PhaseContext, unit: str, calls: list[dict[str, Any]]) -> list[str]:
+        return run_units(ctx, unit, [{**call, "shard": i, "shards": config.shards} for i, call in enumerate(calls)])
 
-    def sharded(ctx: PhaseContext, unit: str, **arguments: Any) -> list[str]:
-        return run_units(ctx, unit, [{**arguments, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)])
+    def single(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
+        """The steering fit and the eval: in this process, or on the GPU pool with the deployment
+        engine (so that the orchestrator never loads the model)."""
+        if config.engine == "deployment":
+            return run_units(ctx, unit, [call])[0]
+        return _named(UNITS[unit], unit, ctx.iteration)(ctx, **call)
 
-    prepare_workers(cfg)
+    prepare_workers(config)
     progress_id = create_progress_artifact(
-        progress=0.0, key=_artifact_key(run_id, "progress"), description=f"SIMS run {run_id}: iterations done"
+        progress=0.0, key=_artifact_key(run.run_id, "progress"), description=f"SIMS run {run.run_id}: iterations done"
     )
-    split_uri = split_prompt_set(context(0))
+    split_uri = _named(prompts_phase, "prompts", 0)(run)
     previous_buffer: str | None = None
     previous_steering: str | None = None
-    for t in range(1, cfg.iterations + 1):
-        ctx = context(t)
-        prompts_uri = sample_iteration_prompts(ctx, split_uri)
-        generations = sharded(ctx, "generations", prompts_uri=prompts_uri, steering_uri=previous_steering)
-        rankings = run_units(
-            ctx,
-            "rankings",
-            [
-                {"generations_uri": uri, "prompts_uri": prompts_uri, "shard": i, "shards": cfg.shards}
-                for i, uri in enumerate(generations)
-            ],
+    report: dict[str, Any] = {}
+    for t in range(1, config.iterations + 1):
+        ctx = run.at(t)
+        prompts_uri = _named(prompts_phase, "prompts", t)(ctx, split_uri)
+        generations = sharded(
+            ctx, "generations", [{"prompts_uri": prompts_uri, "steering_uri": previous_steering}] * config.shards
         )
-        buffer_uri = build_buffer(ctx, generations, rankings, previous_buffer)
-        activations = sharded(ctx, "activations", buffer_uri=buffer_uri)
-        fit_call = {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering}
-        fitted = run_units(ctx, "steering", [fit_call])[0] if remote else fit_steering_set(ctx, **fit_call)
-        eval_call = {
-            "steering_uri": fitted["steering"],
-            "split_uri": split_uri,
-            "with_controls": cfg.controls and t == cfg.iterations,
-        }
-        run_units(ctx, "eval", [eval_call]) if remote else evaluate_policy(ctx, **eval_call)
+        rankings = sharded(
+            ctx, "rankings", [{"generations_uri": uri, "prompts_uri": prompts_uri} for uri in generations]
+        )
+        buffer_uri = _named(buffer_phase, "buffer", t)(ctx, generations, rankings, previous_buffer)
+        activations = sharded(ctx, "activations", [{"buffer_uri": buffer_uri}] * config.shards)
+        fitted = single(
+            ctx,
+            "steering",
+            {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering},
+        )
+        with_controls = config.controls and t == config.iterations
+        single(
+            ctx, "eval", {"steering_uri": fitted["steering"], "split_uri": split_uri, "with_controls": with_controls}
+        )
         previous_buffer, previous_steering = buffer_uri, fitted["steering"]
-        report = write_report(ctx, t)
+        report = _named(write_report, "report", t)(ctx, t)
         if report["table"]:
             create_table_artifact(
                 table=report["table"],
-                key=_artifact_key(run_id, "iterations"),
-                description=f"SIMS run {run_id}: one row per iteration",
+                key=_artifact_key(run.run_id, "iterations"),
+                description=f"SIMS run {run.run_id}: one row per iteration",
             )
-        update_progress_artifact(progress_id, progress=100.0 * t / cfg.iterations)
+        update_progress_artifact(progress_id, progress=100.0 * t / config.iterations)
     create_markdown_artifact(
-        markdown=report["markdown"], key=_artifact_key(run_id, "report"), description=f"SIMS run {run_id} report"
+        markdown=report["markdown"],
+        key=_artifact_key(run.run_id, "report"),
+        description=f"SIMS run {run.run_id} report",
     )
     return report, previous_steering

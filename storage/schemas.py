@@ -238,6 +238,11 @@ def conform_table(
     allow_extra = (declared.metadata or {}).get(_EXTRA) == b"true"
     if isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
+    if isinstance(data, list):  # rows as dicts; no rows: an empty table of the declared columns
+        if data:
+            data = pa.Table.from_pylist(data)
+        else:
+            data = pa.table({f.name: pa.array([], type=f.type) for f in declared if not _is_fsl_placeholder(f)})
     if not isinstance(data, pa.Table):
         try:
             import pandas as pd

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from storage import Manifest
-from tasks.evaluate import summary_from_eval
+from tasks.eval import summary_from_eval
 from tasks.phase import PhaseContext
 
 __all__ = ["iteration_table", "render_report", "write_report"]
@@ -131,7 +131,7 @@ def _plot(table: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-@task(name="write-report", cache_policy=NO_CACHE)
+@task(name="report", cache_policy=NO_CACHE)
 def write_report(ctx: PhaseContext, iterations: int) -> dict:
     """Write ``report.md`` and ``report.png`` in the run folder; return the iteration table."""
     store = ctx.store
@@ -140,7 +140,7 @@ def write_report(ctx: PhaseContext, iterations: int) -> dict:
     if not table.empty:
         plot_name = "report.png"
         store.write_bytes(store.report_uri(ctx.run_id, plot_name), _plot(table))
-    text = render_report(ctx.run_id, ctx.config, table, plot_name)
+    text = render_report(ctx.run_id, ctx.config.to_dict(), table, plot_name)
     uri = store.report_uri(ctx.run_id)
     store.write_bytes(uri, text)
     return {"report": uri, "markdown": text, "table": table.to_dict(orient="records")}

@@ -13,11 +13,13 @@ itself when the order is swapped.
 from sims_core.oracles.base import (
     Oracle,
     OracleError,
+    OracleInfo,
     PairwiseJudge,
     check_scores,
     get_oracle,
     known_oracles,
     oracle_factory,
+    oracle_info,
     register_oracle,
     validate_candidates,
 )
@@ -49,7 +51,9 @@ __all__ = [
     "bradley_terry",
     "check_scores",
     "get_oracle",
+    "OracleInfo",
     "oracle_factory",
+    "oracle_info",
     "import_callable",
     "judge_sanity",
     "known_oracles",

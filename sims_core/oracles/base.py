@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from sims_core.errors import UserError
@@ -21,7 +22,9 @@ __all__ = [
     "PairwiseJudge",
     "check_scores",
     "get_oracle",
+    "OracleInfo",
     "oracle_factory",
+    "oracle_info",
     "known_oracles",
     "register_oracle",
     "validate_candidates",
@@ -159,3 +162,28 @@ def get_oracle(name: str, **options: Any) -> Oracle:
         allowed = [p for p in inspect.signature(factory).parameters if p != "self"]
         raise OracleError(f"bad options for oracle {name!r} ({exc}); its options are: {', '.join(allowed)}") from None
     return factory(**options)
+
+
+@dataclass(frozen=True)
+class OracleInfo:
+    """What sims needs to know about a registered oracle to use it from a config."""
+
+    name: str
+    needs_reference: bool
+    can_judge: bool
+    uses_policy_model: bool
+
+
+def oracle_info(name: str) -> OracleInfo:
+    """The capabilities a registered oracle declares (class attributes ``needs_reference``,
+    ``can_judge``, ``uses_policy_model``)."""
+    factory = oracle_factory(name)
+    uses_lm = getattr(factory, "uses_policy_model", None)
+    if uses_lm is None:
+        uses_lm = "lm" in inspect.signature(factory).parameters
+    return OracleInfo(
+        name=name,
+        needs_reference=bool(getattr(factory, "needs_reference", False)),
+        can_judge=bool(getattr(factory, "can_judge", True)),
+        uses_policy_model=bool(uses_lm),
+    )

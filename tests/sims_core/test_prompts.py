@@ -228,12 +228,13 @@ def test_default_prompts_packaged_set():
     assert len({r.prompt.lower() for r in records}) == len(records)
     assert all(r.category for r in records) and all(r.split is None for r in records)
     assert len({r.category for r in records}) >= 8
-    assert all(len(r.prompt.split()) <= 25 for r in records)
+    # short requests; summaries and rewrites carry the few sentences they work on
+    assert all(len(r.prompt.split()) <= (60 if r.category in ("summarization", "rewriting") else 25) for r in records)
     assert records[0].prompt == "What is the capital city of Australia?"
     # the file is a JSON-lines resource with exactly these keys
     raw = resources.files("sims_core").joinpath("data/default_prompts.jsonl").read_text("utf-8")
     rows = [json.loads(line) for line in raw.splitlines()]
-    assert all(set(row) == {"prompt", "category"} for row in rows)
+    assert all(set(row) == {"prompt", "category", "reference"} for row in rows)
     assert len(rows) == len(records)
     # the default set splits with every split populated
     counts = split_counts(split_prompts(records))

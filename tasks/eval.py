@@ -1,4 +1,4 @@
-"""Task: held-out evaluation of pi_t against the base model, judged by the evaluation judge."""
+"""The eval phase: held-out evaluation of pi_t against the base model, judged by the evaluation judge."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from prefect.cache_policies import NO_CACHE
 from sims_core.evaluation import CONTROLS, evaluate
 from sims_core.seeding import derive_seed
 from tasks.phase import PhaseContext, phase_logger, run_phase
-from tasks.runtime import base_model, load_steering, make_oracle
+from tasks.runtime import load_steering, runtime
 
-__all__ = ["evaluate_policy", "EVAL_FIELDS", "summary_from_eval"]
+__all__ = ["EVAL_FIELDS", "eval_phase", "summary_from_eval"]
 
 EVAL_FIELDS = (
     "judge",
@@ -51,19 +51,19 @@ def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:
     return part.pivot_table(index="condition", columns="metric", values="value", sort=False, dropna=False).reset_index()
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_controls: bool) -> str:
+@task(name="eval", cache_policy=NO_CACHE)
+def eval_phase(ctx: PhaseContext, steering_uri: str, split_uri: str, with_controls: bool) -> str:
     """pi_t vs the base model on the eval split (same seeds on both sides, several samples per
     prompt); with controls, also a same-norm random direction and a lower temperature."""
 
     def compute():
-        cfg = ctx.cfg
-        lm = base_model(cfg)
+        cfg = ctx.config
+        lm = runtime().model(cfg)
         store = ctx.store
         split = store.read_frame(split_uri, "prompts")
         prompts = split[split["split"] == "eval"]["prompt"].tolist()[: cfg.max_eval_prompts]
         steering = load_steering(store, steering_uri, lm)
-        judge = make_oracle(cfg.judge, cfg.judge_options, lm)
+        judge = runtime().oracle(cfg.judge, cfg.judge_options, lm)
         result = evaluate(
             lm,
             prompts,
@@ -107,11 +107,12 @@ def evaluate_policy(ctx: PhaseContext, steering_uri: str, split_uri: str, with_c
             table[column] = table[column].fillna("").astype(str)
         return {"eval": store.write_table(ctx.uri("eval"), table, "eval")}
 
-    return run_phase(
+    result = run_phase(
         ctx,
         "eval",
         depends_on=EVAL_FIELDS,
         inputs={"steering": steering_uri, "split": split_uri},
         compute=compute,
         extra_key={"controls": bool(with_controls)},
-    ).uri
+    )
+    return result.state(result.uri)
