@@ -40,7 +40,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from sims_core.oracles import OracleError
     from sims_core.steering.steering_set import IncompatibleSteeringError, SteeringFileError
     from storage import ArtifactSchemaError, RunLockedError, UnsupportedStoreError
-    from storage.prompts import PromptSourceError
+    from storage.prompt_sources import PromptSourceError
     from tasks.engine import EngineError
 
     return (

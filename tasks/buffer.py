@@ -95,23 +95,22 @@ def build_buffer(
                 f"{cfg.min_margin} is too high"
             )
         ids = {p: i for i, p in zip(merged["prompt_id"], merged["prompt"])}
-        frame = pd.DataFrame(
+        rows = [
             {
-                "pair_id": [pair_id(p.prompt, p.chosen, p.rejected) for p in bank.pairs],
-                "prompt_id": [
-                    ids.get(p.prompt, hashlib.sha256(p.prompt.encode()).hexdigest()[:12]) for p in bank.pairs
-                ],
-                "prompt": [p.prompt for p in bank.pairs],
-                "chosen": [p.chosen for p in bank.pairs],
-                "rejected": [p.rejected for p in bank.pairs],
-                "margin": [p.margin for p in bank.pairs],
-                "source_iteration": [p.iteration for p in bank.pairs],
-                "source": [p.source for p in bank.pairs],
-                "chosen_score": [p.chosen_score for p in bank.pairs],
-                "rejected_score": [p.rejected_score for p in bank.pairs],
+                "pair_id": pair_id(p.prompt, p.chosen, p.rejected),
+                "prompt_id": ids.get(p.prompt, hashlib.sha256(p.prompt.encode()).hexdigest()[:12]),
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "margin": p.margin,
+                "source_iteration": p.iteration,
+                "source": p.source,
+                "chosen_score": p.chosen_score,
+                "rejected_score": p.rejected_score,
             }
-        )
-        return {"buffer": store.write_table(ctx.uri("buffer"), frame, "buffer")}
+            for p in bank.pairs
+        ]
+        return {"buffer": store.write_table(ctx.uri("buffer"), rows, "buffer")}
 
     inputs = shard_inputs("generations", generations_uris) | shard_inputs("rankings", rankings_uris)
     if ctx.cfg.memory and previous_buffer_uri:

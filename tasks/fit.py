@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import pandas as pd
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -126,16 +125,17 @@ def fit_steering_set(
             chosen_row["score"],
             chosen_row["nll"],
         )
-        table = pd.DataFrame([{"metric": "val_score", "value": row["score"], **row} for row in rows]).drop(
-            columns=["score"]
-        )
         chosen = dataclasses.replace(
             selection.steering,
             selection={**selection.steering.selection, "alpha_grid": list(cfg.alpha_grid), "candidates": rows},
         )
         return {
             "steering": store.write_bytes(ctx.uri("steering"), chosen.to_bytes()),
-            "selection": store.write_table(ctx.uri("selection"), table, "eval"),
+            "selection": store.write_table(
+                ctx.uri("selection"),
+                [{**row, "metric": "val_score", "value": row["score"]} for row in rows],
+                "selection",
+            ),
         }
 
     inputs = shard_inputs("activations", activations_uris) | {"split": split_uri}

@@ -14,9 +14,8 @@ from storage import shard_phase
 from tasks.phase import PhaseContext, run_phase
 from tasks.runtime import base_model, exclusive, load_steering, policy, worker_setup
 
-__all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame", "prompt_groups"]
+__all__ = ["GENERATION_FIELDS", "generate_answers", "generation_rows", "prompt_groups"]
 
-GENERATION_COLUMNS = ("prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason", "seed")
 GENERATION_FIELDS = (
     "model",
     "device",
@@ -31,8 +30,8 @@ GENERATION_FIELDS = (
 )
 
 
-def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
-    """One row per (prompt, sample) in the ``generations`` artifact layout."""
+def generation_rows(prompts: pd.DataFrame, generations) -> list[dict]:
+    """One row per (prompt, sample) of the ``generations`` artifact."""
     rows = []
     for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations):
         for index, g in enumerate(samples):
@@ -47,7 +46,7 @@ def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
                     "seed": g.seed,
                 }
             )
-    return pd.DataFrame(rows, columns=list(GENERATION_COLUMNS))
+    return rows
 
 
 def prompt_groups(lm, prompts: pd.DataFrame, cfg) -> list[list[int]]:
@@ -94,8 +93,8 @@ def generate_answers(
                 )
                 bar.update(len(group) * cfg.num_samples)
         prompts = prompts.iloc[order]
-        frame = generations_frame(prompts, out)
-        return {"generations": ctx.store.write_table(ctx.uri(phase), frame, "generations")}
+        rows = generation_rows(prompts, out)
+        return {"generations": ctx.store.write_table(ctx.uri(phase), rows, "generations")}
 
     inputs = {"prompts": prompts_uri} | ({"steering": steering_uri} if steering_uri else {})
     return run_phase(ctx, phase, depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute).uri

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -11,8 +10,6 @@ from storage import shard_phase
 from tasks.generate import prompt_groups
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import base_model, exclusive, make_oracle, worker_setup
-
-RANKING_COLUMNS = ("prompt_id", "sample_index", "score", "rank", "oracle")
 
 __all__ = ["rank_answers"]
 
@@ -64,16 +61,15 @@ def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shar
                         "oracle": oracle.name,
                     }
                 )
-        out = pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
         phase_logger().info(
             "iteration %d %s: oracle %s mean score %.4f over %d answers",
             ctx.iteration,
             phase,
             oracle.name,
-            out["score"].mean() if len(out) else float("nan"),
-            len(out),
+            sum(row["score"] for row in rows) / len(rows) if rows else float("nan"),
+            len(rows),
         )
-        return {"rankings": ctx.store.write_table(ctx.uri(phase), out, "rankings")}
+        return {"rankings": ctx.store.write_table(ctx.uri(phase), rows, "rankings")}
 
     return run_phase(
         ctx,
