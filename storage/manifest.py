@@ -581,8 +581,8 @@ class Manifest:
 
         Keeps the run-level fields (config, sims version, creation time) of a readable
         manifest.json, and every entry of manifest.json and of the shard entry files that can be
-        read, names only files inside the run, and whose recorded outputs still hash (re-read, no
-        fingerprint trusted) to their recorded sha256; failed and running entries are kept as
+        read, names only files inside the run, and whose recorded outputs still hash to their
+        recorded sha256 (the files are read: recorded fingerprints are not trusted); failed and running entries are kept as
         they are. Every other entry is dropped: the config and input hashes of a lost entry
         cannot be known, so its phase is computed again on resume (correct, slower). An
         unreadable file is kept beside itself as ``<name>.damaged``; the entry files of dropped

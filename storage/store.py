@@ -55,7 +55,13 @@ from fsspec.implementations.local import LocalFileSystem
 
 from sims_core.errors import NotFoundError, UserError
 
-from .errors import ArtifactCorruptError, StoreAccessError, StoreUnavailableError, UnsupportedStoreError
+from .errors import (
+    ArtifactCorruptError,
+    StoreAccessError,
+    StoreUnavailableError,
+    UnsafeURIError,
+    UnsupportedStoreError,
+)
 from .layout import LOCK_NAME, MANIFEST_NAME, REPORT_NAME, artifact_relpath, validate_run_id
 from .schemas import check_schema, conform_table, fill_optional
 
@@ -242,16 +248,19 @@ class ArtifactStore:
     def __str__(self) -> str:
         return self.url
 
+    def _scheme_ok(self, uri: str) -> bool:
+        """Whether ``uri`` has no scheme or one of this store's filesystem."""
+        scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+        return not scheme or scheme in ((self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol)
+
     def _uri(self, path: str) -> str:
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
     def path(self, uri: str | os.PathLike[str]) -> str:
         """A URI (or path) as a path in this store's filesystem; a URI of another scheme is refused."""
         uri = os.fspath(uri)
-        scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
-        if scheme and scheme not in protocols:
-            raise UserError(f"URI {uri!r} does not belong to store {self.url!r} (scheme {scheme!r})")
+        if not self._scheme_ok(uri):
+            raise UserError(f"URI {uri!r} does not belong to store {self.url!r} (another scheme)")
         return self.fs._strip_protocol(uri)
 
     def _join(self, *parts: str) -> str:
@@ -284,9 +293,7 @@ class ArtifactStore:
         elsewhere, a ``..`` or empty part)."""
         rel = str(uri)
         if "://" in rel or rel.startswith("/"):
-            scheme = rel.split("://", 1)[0].lower() if "://" in rel else ""
-            protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
-            if scheme and scheme not in protocols or (not scheme and not self.is_local):
+            if not self._scheme_ok(rel) or ("://" not in rel and not self.is_local):
                 return None
             base, path = self._join(validate_run_id(run_id)) + "/", self.path(rel)
             if not path.startswith(base):
@@ -300,8 +307,6 @@ class ArtifactStore:
         anything outside the run is an `UnsafeURIError` naming ``source`` (the file it came from)."""
         rel = self.relative_to_run(run_id, uri)
         if rel is None:
-            from .errors import UnsafeURIError
-
             raise UnsafeURIError(
                 f"{source or 'the manifest'} names {str(uri)!r}, which lies outside the run folder "
                 f"{self.run_uri(run_id)}; a run's records may only name files inside it (was the file edited?)"
