@@ -9,8 +9,7 @@ from pathlib import Path
 
 from sims_core.config import ConfigError, SimsConfig
 from sims_core.models import EMBEDDED_MODEL, ModelLoadError, embedded_gguf_path
-from storage import ArtifactStore, validate_run_id
-from storage.prompts import load_prompt_table
+from storage import ArtifactStore, load_prompt_table, validate_run_id
 
 __all__ = ["preflight"]
 

@@ -7,7 +7,7 @@ picks the prompts for one iteration, all deterministically and independently of 
 
 Pure: the only file this module reads is the built-in prompt set packaged with ``sims_core``
 (``sims_core/data/default_prompts.jsonl``, through :mod:`importlib.resources`). Reading user
-files, URLs and Hugging Face datasets is ``storage.prompts``' job.
+files, URLs and Hugging Face datasets is ``storage.prompt_sources``' job.
 
 Quick tour::
 

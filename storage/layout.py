@@ -11,8 +11,8 @@
                                                    shard 2 of 4 of a sharded phase
                                                    (an unsharded phase keeps its plain name)
 
-Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; use
-:func:`parse_iteration_dir` / the manifest for numeric order).
+Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; the manifest
+has numeric order).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "validate_run_id",
     "validate_phase",
     "iteration_dir",
-    "parse_iteration_dir",
     "artifact_relpath",
     "phase_sort_key",
     "shard_phase",
@@ -53,7 +52,6 @@ _SHARD = re.compile(r"^(?P<phase>[a-z][a-z0-9_]*?)_shard_(?P<index>\d{3,})_of_(?
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHASE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _EXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,15}$")
-_ITER_DIR = re.compile(r"^iter=(\d+)$")
 
 
 def validate_run_id(run_id: str) -> str:
@@ -83,12 +81,6 @@ def _validate_iteration(iteration: int) -> int:
 
 def iteration_dir(iteration: int) -> str:
     return f"iter={_validate_iteration(iteration)}"
-
-
-def parse_iteration_dir(name: str) -> int | None:
-    """``'iter=3'`` -> 3; anything else -> None."""
-    m = _ITER_DIR.match(name.rstrip("/").rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else None
 
 
 def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:

@@ -7,7 +7,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.prompts import PromptRecord, make_prompt_records, sample_prompts, split_prompts
-from storage.prompts import load_prompt_table
+from storage import load_prompt_table
 from tasks.phase import PhaseContext, phase_logger, run_phase
 
 __all__ = ["SAMPLE_FIELDS", "SPLIT_FIELDS", "prompts_phase"]

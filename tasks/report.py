@@ -31,7 +31,7 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
         if manifest.entry(t, "buffer"):
             row["pairs"] = manifest.entry(t, "buffer").rows
         if manifest.entry(t, "steering"):
-            selection = store.read_frame(manifest.output_uri(t, "steering", "selection"), "eval")
+            selection = store.read_frame(manifest.output_uri(t, "steering", "selection"), "selection")
             chosen = selection[selection["chosen"]].iloc[0]
             row["layers"] = chosen["layers"]
             row["alpha"] = float(chosen["alpha"])

@@ -125,17 +125,17 @@ def steering_phase(
             chosen_row["score"],
             chosen_row["nll"],
         )
-        table = [
-            {"metric": "val_score", "value": row["score"], **{k: v for k, v in row.items() if k != "score"}}
-            for row in rows
-        ]
         chosen = dataclasses.replace(
             selection.steering,
             selection={**selection.steering.selection, "alpha_grid": list(cfg.alpha_grid), "candidates": rows},
         )
         return {
             "steering": store.write_bytes(ctx.uri("steering"), chosen.to_bytes()),
-            "selection": store.write_table(ctx.uri("selection"), table, "eval"),
+            "selection": store.write_table(
+                ctx.uri("selection"),
+                [{**row, "metric": "val_score", "value": row["score"]} for row in rows],
+                "selection",
+            ),
         }
 
     inputs = shard_inputs("activations", activations_uris) | {"split": split_uri}

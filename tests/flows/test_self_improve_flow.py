@@ -39,7 +39,7 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
     lm = load_model(tiny_model_dir)
     steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=lm)
     assert steering.learner == "mean_diff" and steering.alpha in (0.0, 1.0, 4.0)
-    selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "eval")
+    selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "selection")
     assert selection["chosen"].sum() == 1 and selection.iloc[0]["alpha"] == 0.0  # the unsteered baseline row
     assert list(selection["alpha"].iloc[1:]) == [1.0, 4.0] and selection["nll"].notna().all()
     fluent = selection.iloc[1:][selection["fluent"].iloc[1:]]
