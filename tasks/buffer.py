@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sims_core.pairs import PreferenceBuffer, PreferencePair, pairs_from_scores
+from sims_core.preferences import PreferenceBuffer, PreferencePair, pairs_from_scores
 from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
 
 __all__ = ["build_buffer", "pair_id", "pairs_from_frame"]

@@ -13,7 +13,7 @@ from sims_core.steering.hpr import HPR, HPRFunction, householder_reflect, hpr_lo
 from sims_core.steering.learners import LayerFunction, Learner, get_learner, known_learners, register_learner
 from sims_core.steering.linear_shift import LinearShift, LinearShiftFunction
 from sims_core.steering.mean_diff import MeanDiff, MeanDiffFunction
-from sims_core.steering.pairs import AlignStats, align_pairs
+from sims_core.steering.alignment import AlignStats, align_pairs
 from sims_core.steering.steering_set import IncompatibleSteeringError, ModelIdentity, SteeringFileError, SteeringSet
 
 __all__ = [
