@@ -8,7 +8,6 @@ its batch, on the batch size or on the order of the prompt list, only on float r
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from sims_core.models import LanguageModel
 from sims_core.progress import progress_bar
+from sims_core.seeding import seed_from
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Generation", "generate", "sample_seed", "validate_prompts"]
 
@@ -62,8 +62,7 @@ def validate_prompts(prompts: object, name: str = "prompts") -> list[str]:
 def sample_seed(seed: int, prompt: str, sample_index: int) -> int:
     """The seed of one sample: a hash of (run seed, prompt text, sample index), so it follows
     the prompt's identity rather than its position in a list or shard."""
-    digest = hashlib.sha256(f"{seed}\x1f{sample_index}\x1f{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return seed_from(seed, sample_index, prompt)
 
 
 def _check_context(lm: LanguageModel, lengths: list[int], extra: int, what: str) -> None:

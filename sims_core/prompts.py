@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
+from sims_core.seeding import unit_from
+
 __all__ = [
     "DEFAULT_PROMPTS_RESOURCE",
     "SPLITS",
@@ -238,8 +240,7 @@ def default_prompts() -> list[PromptRecord]:
 
 def _unit(*parts: object) -> float:
     """A number in [0, 1) from sha256 of the parts: the same on every platform and run."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return unit_from(*parts)
 
 
 def _check_unique_ids(records: Sequence[PromptRecord], where: str) -> None:

@@ -10,7 +10,6 @@ is one new module: subclass `Learner`, decorate it with `register_learner`, and 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from sims_core.seeding import seed_from
 
 __all__ = [
     "LayerFunction",
@@ -154,8 +155,7 @@ def parse_options(config_type: type, options: dict[str, Any], learner: str) -> A
 
 def layer_seed(seed: int, layer: int, purpose: str = "fit") -> int:
     """A seed for one layer's random choices, derived from the run seed and the layer."""
-    digest = hashlib.sha256(f"{seed}\x1f{layer}\x1f{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return seed_from(seed, layer, purpose)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:
