@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sims_core.models import LanguageModel
+from sims_core.models import LanguageModel, left_pad
 from sims_core.progress import progress_bar
 from sims_core.seeding import seed_from
 
@@ -86,14 +86,9 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
+    """`sims_core.models.left_pad` without the positions (the form `_generate_batch` calls)."""
+    ids, mask, _ = left_pad(rows, pad_id, device)
+    return ids, mask
 
 
 def _next_tokens(logits: Tensor, temperature: float, top_p: float, generators: list[torch.Generator]) -> Tensor:

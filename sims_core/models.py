@@ -35,7 +35,9 @@ __all__ = [
     "ModelStructureError",
     "embedded_gguf_path",
     "find_decoder_layers",
+    "left_pad",
     "load_model",
+    "padded_forward",
     "prepare",
     "resolve_dtype",
 ]
@@ -171,6 +173,33 @@ class LanguageModel:
     def encode_response(self, response: str) -> list[int]:
         """Token ids of an answer as it follows the prompt (no special tokens added)."""
         return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rows as one left-padded batch: ``(input_ids, attention_mask, position_ids)``, each
+    ``[len(rows), longest row]``. Positions count real tokens only (0 at each row's first token),
+    so a padded row computes what it would alone; an empty row is all padding."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_forward(lm: LanguageModel, rows: list[list[int]], **kwargs: Any) -> Any:
+    """One forward of ``lm.model`` over left-padded ``rows`` (see `left_pad`) without a KV cache;
+    returns the model's output (``.logits`` is ``[len(rows), longest row, vocab]``). Extra
+    keyword arguments go to the model. Any steering hooks on ``lm`` apply."""
+    ids, mask, positions = left_pad(rows, int(lm.tokenizer.pad_token_id), lm.device)
+    kwargs.setdefault("use_cache", False)
+    return lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
