@@ -48,7 +48,7 @@ class Similarity:
             self.function, self.label = import_callable(similarity), similarity
         elif callable(similarity):
             self.function = similarity
-            self.label = getattr(similarity, "__qualname__", type(similarity).__name__)
+            self.label = getattr(similarity, "__name__", type(similarity).__name__)
         else:
             raise OracleError(
                 f"{oracle}: similarity must be 'package.module:function' or a callable, got {similarity!r}"
