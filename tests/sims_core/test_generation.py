@@ -132,9 +132,10 @@ def test_sampling_params_hold_the_one_set_of_defaults():
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.temperature = 0.1  # type: ignore[misc]
     # every function that samples takes its defaults from SamplingParams
+    from sims_core.evaluation import best_of_n, evaluate
     from sims_core.steering.strength import select_strength
 
-    for function in (generate, select_strength):
+    for function in (generate, evaluate, best_of_n, select_strength):
         signature = inspect.signature(function)
         assert signature.parameters["sampling"].default is None
         assert all(signature.parameters[name].default is None for name in ("max_new_tokens", "temperature", "top_p"))
