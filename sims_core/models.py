@@ -369,7 +369,24 @@ def _stop_token_ids(model: nn.Module, tokenizer: Any) -> tuple[int, ...]:
 
 
 def prepare(model: nn.Module, tokenizer: Any, name: str, system_prompt: str | None = None) -> LanguageModel:
-    """Wrap an already-loaded transformers model and tokenizer (for users who load their own)."""
+    """Wrap a transformers causal LM and tokenizer you loaded yourself as a `LanguageModel`.
+
+    It puts the model in eval mode with gradients off, sets the tokenizer to left padding (using
+    the eos token as the pad token when there is none; an error if there is neither), finds the
+    decoder blocks (`find_decoder_layers`) and the end-of-turn tokens. ``name`` is how the
+    model is named in logs, artifacts and steering files. The model is used in place, on its
+    device and in its dtype.
+
+    Example::
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from sims_core import generate, prepare
+
+        tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+        model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", torch_dtype="auto")
+        lm = prepare(model, tokenizer, name="Qwen/Qwen2.5-0.5B-Instruct")
+        answers = generate(lm, ["Name three prime numbers."], num_samples=2)
+    """
     model.eval()
     model.requires_grad_(False)
     tokenizer.padding_side = "left"

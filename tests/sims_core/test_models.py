@@ -133,3 +133,17 @@ def test_padded_forward_gives_each_row_the_logits_it_has_alone(any_tiny_lm):
     for i, row in enumerate(rows):
         alone = padded_forward(lm, [row]).logits[0]
         assert torch.allclose(batched[i, -len(row) :], alone, atol=1e-4)
+
+
+def test_prepare_is_exported_and_wraps_a_model_loaded_by_hand(tiny_lm):
+    import sims_core
+    from sims_core.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "right"
+    lm = sims_core.prepare(tiny_lm.model, tokenizer, name="my-model")
+    assert (lm.name, lm.layers_path, lm.num_layers) == ("my-model", "model.layers", 4)
+    assert tokenizer.padding_side == "left" and not lm.model.training
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    kwargs = dict(max_new_tokens=5, temperature=0.0, progress=False)
+    assert sims_core.generate(lm, ["hi"], **kwargs) == sims_core.generate(tiny_lm, ["hi"], **kwargs)
