@@ -103,26 +103,27 @@ def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _check_n_boot(n_boot: int) -> None:
+def _resamples(
+    groups: Sequence[Any] | None, n: int, what: str, confidence: float, n_boot: int, seed: int
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """The prompt bootstrap shared by the win rate, the paired effect and the length-controlled
+    win rate: ``(inverse, n_groups, picks)``. ``inverse[i]`` is item i's group number (groups
+    numbered in the order of their text; with no ``groups`` every item is its own group, in
+    order); ``picks`` is ``[n_boot, n_groups]`` group numbers drawn with replacement, the same
+    for the same seed and groups whatever the statistic."""
+    _z(confidence)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise UserError(f"n_boot must be a positive integer (bootstrap resamples), got {n_boot!r}")
-
-
-def _group_index(groups: Sequence[Any] | None, n: int, what: str) -> tuple[np.ndarray, int]:
-    """Each item's group number (groups sorted by their text) and the number of groups; with
-    no ``groups`` every item is its own group, in order."""
     if groups is None:
-        return np.arange(n), n
-    if len(groups) != n:
-        raise ValueError(f"groups has {len(groups)} entries for {n} {what}")
-    _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    return inverse.reshape(-1), int(inverse.max()) + 1
-
-
-def _bootstrap_picks(n_groups: int, n_boot: int, seed: int) -> np.ndarray:
-    """``[n_boot, n_groups]`` group numbers drawn with replacement: the resamples shared by the
-    win rate, the paired effect and the length-controlled win rate (same seed, same prompts)."""
-    return np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))
+        inverse, n_groups = np.arange(n), n
+    else:
+        if len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries for {n} {what}")
+        _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+        inverse = inverse.reshape(-1)
+        n_groups = int(inverse.max()) + 1
+    picks = np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))
+    return inverse, n_groups, picks
 
 
 def _ratio_stats(values: np.ndarray, inverse: np.ndarray, n_groups: int, picks: np.ndarray) -> np.ndarray:
@@ -160,10 +161,8 @@ def win_rate(
         return rate, low, high
     if method != "bootstrap":
         raise ValueError(f"method must be 'wilson' or 'bootstrap', got {method!r}")
-    _z(confidence)
-    _check_n_boot(n_boot)
-    inverse, n_groups = _group_index(groups, values.size, "preferences")
-    stats = _ratio_stats(values, inverse, n_groups, _bootstrap_picks(n_groups, n_boot, seed))
+    inverse, n_groups, picks = _resamples(groups, values.size, "preferences", confidence, n_boot, seed)
+    stats = _ratio_stats(values, inverse, n_groups, picks)
     return (rate, *_percentiles(stats, confidence))
 
 
@@ -189,10 +188,8 @@ def paired_effect(
     diff = a - b
     if not np.all(np.isfinite(diff)):
         raise UserError("paired_effect needs finite scores; leave out the pairs with an infinite or NaN score first")
-    _z(confidence)
-    _check_n_boot(n_boot)
-    inverse, n_groups = _group_index(groups, diff.size, "score pairs")
-    stats = _ratio_stats(diff, inverse, n_groups, _bootstrap_picks(n_groups, n_boot, seed))
+    inverse, n_groups, picks = _resamples(groups, diff.size, "score pairs", confidence, n_boot, seed)
+    stats = _ratio_stats(diff, inverse, n_groups, picks)
     return (float(diff.mean()), *_percentiles(stats, confidence))
 
 
@@ -341,10 +338,7 @@ def length_controlled_interval(
     resample draws whole ``groups`` (prompts) as `win_rate` does, with the same generator, and
     refits the model (length scale included) on the drawn comparisons."""
     y, diff = _lc_inputs(prefs, steered_lengths, reference_lengths)
-    _z(confidence)
-    _check_n_boot(n_boot)
-    inverse, n_groups = _group_index(groups, y.size, "preferences")
-    picks = _bootstrap_picks(n_groups, n_boot, seed)
+    inverse, n_groups, picks = _resamples(groups, y.size, "preferences", confidence, n_boot, seed)
     rates = []
     for start in range(0, n_boot, 256):  # bounded memory: [256, comparisons] arrays
         chunk = picks[start : start + 256]

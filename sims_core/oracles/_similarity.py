@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from sims_core.oracles.base import OracleError
 from sims_core.oracles.embedding import SentenceEncoder
 from sims_core.oracles.rules import import_callable
 
-__all__ = ["EMPTY_SCORE", "Similarity"]
+__all__ = ["EMPTY_SCORE", "Similarity", "SimilarityOracle"]
 
 EMPTY_SCORE = -1.0  # the lowest similarity: an empty answer never beats a non-empty one
 _TOLERANCE = 1e-6
@@ -74,3 +75,31 @@ class Similarity:
                     "finite and in [-1, 1] (an empty answer scores -1, the minimum)"
                 )
         return [min(1.0, max(-1.0, v)) for v in values]
+
+
+@dataclass
+class SimilarityOracle:
+    """The options and set-up the reference and consensus oracles share: ``model`` (a
+    sentence-transformers model directory or hub id; None: the packaged MiniLM) or
+    ``similarity`` (a function ``(texts, others) -> list[float]`` in [-1, 1], or its
+    ``"package.module:function"`` path), and the encoding settings. ``self.measure`` is the
+    resulting `Similarity`; the name is ``"<kind>(<model or function>)"``."""
+
+    model: str | None = None
+    similarity: str | SimilarityFunction | None = None
+    device: str = "cpu"
+    batch_size: int = 32
+    progress: bool = False
+    name: str = field(init=False, default="similarity")
+    kind: ClassVar[str] = "similarity"
+
+    def __post_init__(self) -> None:
+        self.measure = Similarity(
+            self.kind,
+            self.model,
+            self.similarity,
+            device=self.device,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
+        self.name = f"{self.kind}({self.measure.label})"

@@ -19,18 +19,18 @@ symmetric, each unordered pair measured once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
-from sims_core.oracles._similarity import EMPTY_SCORE, Similarity
+from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
 from sims_core.oracles.base import check_scores, validate_candidates
 
 __all__ = ["ConsensusOracle"]
 
 
 @dataclass
-class ConsensusOracle:
+class ConsensusOracle(SimilarityOracle):
     """Mean similarity of each answer to the prompt's other answers (see the module docstring).
 
     Args:
@@ -40,28 +40,12 @@ class ConsensusOracle:
         device, batch_size, progress: encoding settings for the model.
     """
 
-    model: str | None = None
-    similarity: str | Callable[[list[str], list[str]], Sequence[float]] | None = None
-    device: str = "cpu"
-    batch_size: int = 32
-    progress: bool = False
-    name: str = field(init=False, default="consensus")
+    kind: ClassVar[str] = "consensus"
     # capabilities (see sims_core.oracles.base): symmetric in a pair, relative to the others
     needs_reference: ClassVar[bool] = False
     can_judge: ClassVar[bool] = False
     uses_policy_model: ClassVar[bool] = False
     comparable_scores: ClassVar[bool] = False
-
-    def __post_init__(self) -> None:
-        self.measure = Similarity(
-            "consensus",
-            self.model,
-            self.similarity,
-            device=self.device,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
-        self.name = f"consensus({self.measure.label})"
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)

@@ -15,18 +15,18 @@ two equal scores are a tie. Called without references it raises an `OracleError`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
-from sims_core.oracles._similarity import EMPTY_SCORE, Similarity
+from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
 from sims_core.oracles.base import check_scores, validate_candidates, validate_references
 
 __all__ = ["ReferenceJudge"]
 
 
 @dataclass
-class ReferenceJudge:
+class ReferenceJudge(SimilarityOracle):
     """Cosine similarity of each answer to its prompt's reference answer.
 
     Args:
@@ -36,28 +36,12 @@ class ReferenceJudge:
         device, batch_size, progress: encoding settings for the model.
     """
 
-    model: str | None = None
-    similarity: str | Callable[[list[str], list[str]], Sequence[float]] | None = None
-    device: str = "cpu"
-    batch_size: int = 32
-    progress: bool = False
-    name: str = field(init=False, default="reference")
+    kind: ClassVar[str] = "reference"
     # capabilities (see sims_core.oracles.base)
     needs_reference: ClassVar[bool] = True
     can_judge: ClassVar[bool] = True
     uses_policy_model: ClassVar[bool] = False
     comparable_scores: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        self.measure = Similarity(
-            "reference",
-            self.model,
-            self.similarity,
-            device=self.device,
-            batch_size=self.batch_size,
-            progress=self.progress,
-        )
-        self.name = f"reference({self.measure.label})"
 
     def score(
         self,
