@@ -186,7 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from sims_core.pairs import to_dpo_dataframe
+    from sims_core.preferences import to_dpo_dataframe
     from sims_core.steering.steering_set import SteeringSet
     from tasks.buffer import pairs_from_frame
 

@@ -35,7 +35,9 @@ __all__ = [
     "ModelStructureError",
     "embedded_gguf_path",
     "find_decoder_layers",
+    "left_pad",
     "load_model",
+    "padded_forward",
     "prepare",
     "resolve_dtype",
 ]
@@ -171,6 +173,33 @@ class LanguageModel:
     def encode_response(self, response: str) -> list[int]:
         """Token ids of an answer as it follows the prompt (no special tokens added)."""
         return list(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+
+
+def left_pad(
+    rows: list[list[int]], pad_id: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token rows as one left-padded batch: ``(input_ids, attention_mask, position_ids)``, each
+    ``[len(rows), longest row]``. Positions count real tokens only (0 at each row's first token),
+    so a padded row computes what it would alone; an empty row is all padding."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def padded_forward(lm: LanguageModel, rows: list[list[int]], **kwargs: Any) -> Any:
+    """One forward of ``lm.model`` over left-padded ``rows`` (see `left_pad`) without a KV cache;
+    returns the model's output (``.logits`` is ``[len(rows), longest row, vocab]``). Extra
+    keyword arguments go to the model. Any steering hooks on ``lm`` apply."""
+    ids, mask, positions = left_pad(rows, int(lm.tokenizer.pad_token_id), lm.device)
+    kwargs.setdefault("use_cache", False)
+    return lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, **kwargs)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -340,7 +369,24 @@ def _stop_token_ids(model: nn.Module, tokenizer: Any) -> tuple[int, ...]:
 
 
 def prepare(model: nn.Module, tokenizer: Any, name: str, system_prompt: str | None = None) -> LanguageModel:
-    """Wrap an already-loaded transformers model and tokenizer (for users who load their own)."""
+    """Wrap a transformers causal LM and tokenizer you loaded yourself as a `LanguageModel`.
+
+    It puts the model in eval mode with gradients off, sets the tokenizer to left padding (using
+    the eos token as the pad token when there is none; an error if there is neither), finds the
+    decoder blocks (`find_decoder_layers`) and the end-of-turn tokens. ``name`` is how the
+    model is named in logs, artifacts and steering files. The model is used in place, on its
+    device and in its dtype.
+
+    Example::
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from sims_core import generate, prepare
+
+        tokenizer = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+        model = AutoModelForCausalLM.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct", torch_dtype="auto")
+        lm = prepare(model, tokenizer, name="Qwen/Qwen2.5-0.5B-Instruct")
+        answers = generate(lm, ["Name three prime numbers."], num_samples=2)
+    """
     model.eval()
     model.requires_grad_(False)
     tokenizer.padding_side = "left"

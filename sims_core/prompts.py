@@ -31,6 +31,9 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
+from sims_core.errors import UserError
+from sims_core.seeding import unit_from
+
 __all__ = [
     "DEFAULT_PROMPTS_RESOURCE",
     "SPLITS",
@@ -72,13 +75,16 @@ class PromptRecord:
 
     ``prompt`` is the text sent to the model (stripped, inner whitespace kept);
     ``prompt_id`` is :func:`prompt_id` of it; ``split`` is ``None`` until
-    :func:`split_prompts` assigns ``"train"``, ``"val"`` or ``"eval"``.
+    :func:`split_prompts` assigns ``"train"``, ``"val"`` or ``"eval"``; ``reference`` is a
+    reference answer when the prompt set has one (judges such as ``"reference"`` compare answers
+    with it; SIMS itself never needs answers).
     """
 
     prompt_id: str
     prompt: str
     category: str | None = None
     split: str | None = None
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,15 +156,17 @@ def _listed(items: Sequence[Any]) -> str:
 def make_prompt_records(
     texts: Sequence[str],
     categories: Sequence[str | None] | None = None,
+    references: Sequence[str | None] | None = None,
 ) -> tuple[list[PromptRecord], PromptReport]:
     """Validate prompt texts and give each an id; returns ``(records, report)``.
 
     - ``texts`` must be a non-empty list/tuple of strings (a ``TypeError`` names the first
-      non-string and its position); ``categories``, if given, has one entry (str or None) per
-      text.
+      non-string and its position); ``categories`` and ``references`` (reference answers), if
+      given, have one entry (str or None) per text. A reference is stripped; an empty one is None.
     - Empty or whitespace-only texts are dropped and counted in ``report.n_empty``.
     - Duplicates (same normalized text, hence same id) are dropped after their first
-      occurrence and counted in ``report.n_duplicates``: check ``report.message``.
+      occurrence, with their category and reference, and counted in ``report.n_duplicates``:
+      check ``report.message``.
     - A ``ValueError`` if no prompt is left.
 
     Records keep input order; their ``split`` is ``None``.
@@ -174,6 +182,11 @@ def make_prompt_records(
         raise ValueError(
             f"categories has {len(categories)} entries but texts has {len(texts)}; give one category (or None) per text"
         )
+    if references is not None and (isinstance(references, str) or len(references) != len(texts)):
+        got = "a single string" if isinstance(references, str) else f"{len(references)} entries"
+        raise UserError(
+            f"references has {got} but texts has {len(texts)}; give one reference answer (or None) per text"
+        )
     records: list[PromptRecord] = []
     seen: set[str] = set()
     dups: list[int] = []
@@ -186,6 +199,11 @@ def make_prompt_records(
             raise TypeError(
                 f"categories[{i}] is {type(category).__name__} ({category!r:.60}), expected a string or None"
             )
+        reference = None if references is None else references[i]
+        if reference is not None and not isinstance(reference, str):
+            raise UserError(
+                f"references[{i}] is {type(reference).__name__} ({reference!r:.60}), expected a string or None"
+            )
         stripped = text.strip()
         if not stripped:
             empties.append(i)
@@ -195,7 +213,14 @@ def make_prompt_records(
             dups.append(i)
             continue
         seen.add(pid)
-        records.append(PromptRecord(prompt_id=pid, prompt=stripped, category=category or None))
+        records.append(
+            PromptRecord(
+                prompt_id=pid,
+                prompt=stripped,
+                category=category or None,
+                reference=(reference or "").strip() or None,
+            )
+        )
     report = PromptReport(
         n_input=len(texts),
         n_kept=len(records),
@@ -210,27 +235,32 @@ def make_prompt_records(
 
 
 def default_prompts() -> list[PromptRecord]:
-    """The built-in prompt set (240 short single-turn requests in 12 categories).
+    """The built-in prompt set: 600 short single-turn requests, 50 in each of 12 categories,
+    each with a short reference answer; prompts and references were written for this project.
 
-    Written for this project for small instruction-tuned chat models: factual questions,
-    how-to, explanations, creative writing, maths word problems, recommendations, definitions,
-    comparisons, summaries, rewriting, advice and brainstorming. Records have ``category`` set
-    and ``split`` ``None``.
+    For small instruction-tuned chat models: factual questions, how-to, explanations, creative
+    writing, maths word problems, recommendations, definitions, comparisons, summaries,
+    rewriting, advice and brainstorming. Records have ``category`` and ``reference`` set and
+    ``split`` ``None``. A line without a non-empty ``reference`` is an error naming the line.
     """
     raw = resources.files("sims_core").joinpath(DEFAULT_PROMPTS_RESOURCE).read_text("utf-8")
     texts: list[str] = []
     cats: list[str | None] = []
+    refs: list[str | None] = []
+    where = f"sims_core/{DEFAULT_PROMPTS_RESOURCE}"
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(
-                f'sims_core/{DEFAULT_PROMPTS_RESOURCE} line {lineno} is not {{"prompt": str, "category": str}}'
-            )
+            raise ValueError(f'{where} line {lineno} is not {{"prompt": str, "category": str, "reference": str}}')
+        reference = row.get("reference")
+        if not isinstance(reference, str) or not reference.strip():
+            raise UserError(f"{where} line {lineno} has no reference answer: every line needs a non-empty 'reference'")
         texts.append(row["prompt"])
         cats.append(row.get("category"))
-    records, report = make_prompt_records(texts, cats)
+        refs.append(reference)
+    records, report = make_prompt_records(texts, cats, refs)
     if report.n_dropped:  # the packaged file is checked by tests; this guards hand edits
         raise ValueError(f"sims_core/{DEFAULT_PROMPTS_RESOURCE}: {report.message}")
     return records
@@ -238,8 +268,7 @@ def default_prompts() -> list[PromptRecord]:
 
 def _unit(*parts: object) -> float:
     """A number in [0, 1) from sha256 of the parts: the same on every platform and run."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return unit_from(*parts)
 
 
 def _check_unique_ids(records: Sequence[PromptRecord], where: str) -> None:
@@ -367,5 +396,14 @@ def sample_prompts(
 
 def records_to_rows(records: Iterable[PromptRecord]) -> list[dict[str, str | None]]:
     """Records as dicts with the ``prompts`` artifact's columns (prompt_id, prompt, split,
-    category), ready for ``pandas.DataFrame(rows)``."""
-    return [{"prompt_id": r.prompt_id, "prompt": r.prompt, "split": r.split, "category": r.category} for r in records]
+    category, reference), ready for ``pandas.DataFrame(rows)``."""
+    return [
+        {
+            "prompt_id": r.prompt_id,
+            "prompt": r.prompt,
+            "split": r.split,
+            "category": r.category,
+            "reference": r.reference,
+        }
+        for r in records
+    ]

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .layout import shard_phase, split_shard_phase, validate_run_id
 from .lock import RunLock, RunLockedError
-from .manifest import Manifest, PhaseEntry, stable_hash
+from .manifest import Manifest, PhaseEntry
 from .prompt_sources import PromptSourceError, PromptTable, load_prompt_table
 from .schemas import SCHEMAS, allows_extra_columns, schema_for
 from .store import ArtifactStore, WrittenArtifact
@@ -68,6 +68,5 @@ __all__ = [
     "schema_for",
     "shard_phase",
     "split_shard_phase",
-    "stable_hash",
     "validate_run_id",
 ]

@@ -34,12 +34,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sims_core.errors import NotFoundError
+from sims_core.hashing import json_default
 
 from .errors import ArtifactMissingError, ArtifactModifiedError, ManifestDamagedError, UnsafeURIError
 from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
 from .store import ArtifactStore, WrittenArtifact
 
-__all__ = ["MANIFEST_FORMAT", "STATUSES", "Manifest", "OutputCheck", "OutputRecord", "PhaseEntry", "stable_hash"]
+__all__ = ["MANIFEST_FORMAT", "STATUSES", "Manifest", "OutputCheck", "OutputRecord", "PhaseEntry"]
 
 STATUSES: tuple[str, ...] = ("running", "completed", "failed")
 MANIFEST_FORMAT = 1
@@ -49,26 +50,6 @@ _SHORT = 12
 def utc_now() -> str:
     """Current UTC time as ISO 8601 with milliseconds."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "model_dump"):  # pydantic
-        return obj.model_dump()
-    if hasattr(obj, "item"):  # numpy scalar
-        return obj.item()
-    raise TypeError(f"cannot hash/serialise a value of type {type(obj).__name__}")
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (sorted keys): a config hash stable across runs."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _short(h: str | None) -> str:
@@ -275,7 +256,7 @@ class Manifest:
 
         def update(mm: Manifest) -> None:
             if config is not None:
-                mm.config = json.loads(json.dumps(config, default=_json_default))
+                mm.config = json.loads(json.dumps(config, default=json_default))
             if sims_version is not None:
                 mm.sims_version = sims_version
 
@@ -286,7 +267,7 @@ class Manifest:
         self.updated_at = utc_now()
         data = self.to_dict()
         data["entries"] = [e for e in data["entries"] if not _is_shard(e["phase"])]  # they have their own files
-        self.store.write_bytes(self.uri, json.dumps(data, indent=2, default=_json_default) + "\n")
+        self.store.write_bytes(self.uri, json.dumps(data, indent=2, default=json_default) + "\n")
 
     def _commit(self, mutate: Callable[[Manifest], Any]) -> Any:
         """Re-read the file, apply ``mutate``, write it back: no lost updates within a process."""
@@ -311,7 +292,7 @@ class Manifest:
             except FileNotFoundError:
                 self._entries.pop((iteration, phase), None)
             entry = mutate(self)
-            self.store.write_bytes(uri, json.dumps(entry.to_dict(), indent=2, default=_json_default) + "\n")
+            self.store.write_bytes(uri, json.dumps(entry.to_dict(), indent=2, default=json_default) + "\n")
             return entry
 
     # ------------------------------------------------------------ queries

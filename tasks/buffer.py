@@ -9,7 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.errors import UserError
-from sims_core.pairs import PreferenceBuffer, PreferencePair, pairs_from_scores
+from sims_core.preferences import PreferenceBuffer, PreferencePair, pairs_from_scores
 from sims_core.prompts import prompt_id
 from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
 

@@ -10,11 +10,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from sims_core.oracles.base import Oracle, OracleError, check_scores, get_oracle, validate_candidates
+from sims_core.oracles.base import (
+    Oracle,
+    OracleError,
+    check_scores,
+    get_oracle,
+    oracle_capabilities,
+    score_candidates,
+    validate_candidates,
+)
 
 __all__ = ["CallableOracle", "SumOracle", "import_callable"]
 
@@ -44,6 +52,11 @@ class CallableOracle:
     function: str | Callable[..., Any]
     batched: bool = False
     name: str = field(init=False, default="callable")
+    # capabilities (see sims_core.oracles.base)
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.function, str):
@@ -102,18 +115,36 @@ class SumOracle:
     oracles: Sequence[Any]
     standardize: bool = False
     name: str = field(init=False, default="sum")
+    # capabilities of the class (what oracle_info("sum") reports, before any component is
+    # known); a built SumOracle replaces them with what its components give it
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if isinstance(self.oracles, (str, Mapping)) or not self.oracles:
             raise OracleError("sum: oracles must be a non-empty list of components")
         self.components = [_build(spec) for spec in self.oracles]
         self.name = "sum(" + " + ".join(f"{w:g}*{o.name}" for o, w in self.components) + ")"
+        parts = [oracle_capabilities(o) for o, _ in self.components]
+        self.needs_reference = any(p["needs_reference"] for p in parts)  # type: ignore[misc]
+        self.can_judge = any(p["can_judge"] for p in parts)  # type: ignore[misc]
+        self.uses_policy_model = any(p["uses_policy_model"] for p in parts)  # type: ignore[misc]
+        self.comparable_scores = not self.standardize and all(p["comparable_scores"] for p in parts)  # type: ignore[misc]
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        references: Sequence[str] | None = None,
+    ) -> list[list[float]]:
+        """Weighted sum of the components' scores; ``references`` go to the components that
+        need them."""
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         totals = [np.zeros(len(g)) for g in candidates]
         for oracle, weight in self.components:
-            part = check_scores(oracle.name, prompts, candidates, oracle.score(prompts, candidates))
+            part = score_candidates(oracle, prompts, candidates, references)
             for t, row in zip(totals, part):
                 values = np.asarray(row, dtype=float)
                 if self.standardize:

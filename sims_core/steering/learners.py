@@ -21,7 +21,6 @@ by importing its module (a notebook, a test) works too.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor
 
 from sims_core.errors import ConfigError
+from sims_core.seeding import seed_from
 
 __all__ = [
     "LayerFunction",
@@ -192,8 +192,7 @@ def parse_options(config_type: type, options: dict[str, Any], learner: str) -> A
 
 def layer_seed(seed: int, layer: int, purpose: str = "fit") -> int:
     """A seed for one layer's random choices, derived from the run seed and the layer."""
-    digest = hashlib.sha256(f"{seed}\x1f{layer}\x1f{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return seed_from(seed, layer, purpose)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:

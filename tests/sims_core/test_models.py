@@ -11,7 +11,9 @@ from sims_core.models import (
     ModelStructureError,
     embedded_gguf_path,
     find_decoder_layers,
+    left_pad,
     load_model,
+    padded_forward,
     resolve_dtype,
 )
 from sims_core.testing import save_tiny_model, tiny_model
@@ -115,3 +117,33 @@ def test_chat_formatting_uses_template_and_system_prompt(tiny_lm):
     assert text == "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     plain = tiny_model("llama", chat_template=False)
     assert plain.format_prompt("hi") == "hi"
+
+
+def test_left_pad_puts_padding_first_and_counts_positions_from_each_rows_first_token():
+    ids, mask, positions = left_pad([[5, 6, 7], [8], []], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert positions.tolist() == [[0, 1, 2], [0, 0, 0], [0, 0, 0]]
+
+
+def test_padded_forward_gives_each_row_the_logits_it_has_alone(any_tiny_lm):
+    lm = any_tiny_lm
+    rows = [lm.encode_prompt("Hello there, how are you?"), lm.encode_prompt("Hi")]
+    batched = padded_forward(lm, rows).logits
+    for i, row in enumerate(rows):
+        alone = padded_forward(lm, [row]).logits[0]
+        assert torch.allclose(batched[i, -len(row) :], alone, atol=1e-4)
+
+
+def test_prepare_is_exported_and_wraps_a_model_loaded_by_hand(tiny_lm):
+    import sims_core
+    from sims_core.testing import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.padding_side = "right"
+    lm = sims_core.prepare(tiny_lm.model, tokenizer, name="my-model")
+    assert (lm.name, lm.layers_path, lm.num_layers) == ("my-model", "model.layers", 4)
+    assert tokenizer.padding_side == "left" and not lm.model.training
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    kwargs = dict(max_new_tokens=5, temperature=0.0, progress=False)
+    assert sims_core.generate(lm, ["hi"], **kwargs) == sims_core.generate(tiny_lm, ["hi"], **kwargs)

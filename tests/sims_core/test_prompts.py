@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections import Counter
 from importlib import resources
 
 import pytest
 
+from sims_core.errors import UserError
 from sims_core.prompts import (
     SPLITS,
     PromptRecord,
@@ -218,24 +220,68 @@ def test_records_to_rows_matches_prompts_artifact_columns():
         "prompt": TEXTS[0],
         "split": records[0].split,
         "category": "maths",
+        "reference": None,
     }
 
 
 def test_default_prompts_packaged_set():
     records = default_prompts()
-    assert len(records) >= 200
+    assert len(records) == 600
     assert len({r.prompt_id for r in records}) == len(records)
     assert len({r.prompt.lower() for r in records}) == len(records)
     assert all(r.category for r in records) and all(r.split is None for r in records)
-    assert len({r.category for r in records}) >= 8
-    # short requests; summaries and rewrites carry the few sentences they work on
-    assert all(len(r.prompt.split()) <= (60 if r.category in ("summarization", "rewriting") else 25) for r in records)
+    by_category = Counter(r.category for r in records)
+    assert len(by_category) == 12 and set(by_category.values()) == {50}
+    # short requests; summaries and rewrites quote the passage they work on
+    assert all(len(r.prompt.split()) <= 60 for r in records)
+    assert sum(len(r.prompt.split()) <= 25 for r in records) >= 500
+    # every prompt has its own non-empty reference answer
+    assert all(r.reference and r.reference == r.reference.strip() for r in records)
+    assert len({r.reference for r in records}) == len(records)
     assert records[0].prompt == "What is the capital city of Australia?"
+    assert records[0].reference.startswith("The capital of Australia is Canberra.")
     # the file is a JSON-lines resource with exactly these keys
     raw = resources.files("sims_core").joinpath("data/default_prompts.jsonl").read_text("utf-8")
     rows = [json.loads(line) for line in raw.splitlines()]
     assert all(set(row) == {"prompt", "category", "reference"} for row in rows)
-    assert len(rows) == len(records)
-    # the default set splits with every split populated
-    counts = split_counts(split_prompts(records))
-    assert min(counts[s] for s in SPLITS) >= 20
+    assert [r.reference for r in records] == [row["reference"] for row in rows]
+    # the default set splits with every split populated, and the references follow their prompts
+    split = split_prompts(records)
+    counts = split_counts(split)
+    assert min(counts[s] for s in SPLITS) >= 60
+    assert [r.reference for r in split] == [r.reference for r in records]
+    sample = sample_prompts(split, 40, seed=0, iteration=1, split="eval")
+    by_id = {r.prompt_id: r.reference for r in records}
+    assert all(r.reference == by_id[r.prompt_id] for r in sample.records)
+
+
+def test_a_default_prompts_line_without_a_reference_is_an_error_naming_the_line(monkeypatch):
+    import sims_core.prompts as prompts_module
+
+    lines = [
+        json.dumps({"prompt": "Why is the sky blue?", "category": "explanation", "reference": "Rayleigh scattering."}),
+        json.dumps({"prompt": "Name a prime.", "category": "math"}),
+    ]
+
+    class Fake:
+        def joinpath(self, name):
+            return self
+
+        def read_text(self, encoding):
+            return "\n".join(lines)
+
+    monkeypatch.setattr(prompts_module.resources, "files", lambda package: Fake())
+    with pytest.raises(UserError, match=r"default_prompts.jsonl line 2 has no reference answer"):
+        default_prompts()
+
+
+def test_references_travel_with_their_prompts_and_duplicates_drop_theirs():
+    records, report = make_prompt_records(
+        ["Q1?", " Q2? ", "Q1?", "Q3?"], references=["  A1. ", "A2.", "another A1", "  "]
+    )
+    assert [(r.prompt, r.reference) for r in records] == [("Q1?", "A1."), ("Q2?", "A2."), ("Q3?", None)]
+    assert report.duplicate_indices == (2,)
+    with pytest.raises(UserError, match="references has 1 entries but texts has 2"):
+        make_prompt_records(["a", "b"], references=["x"])
+    with pytest.raises(UserError, match=r"references\[1\] is int"):
+        make_prompt_records(["a", "b"], references=["x", 3])

@@ -9,7 +9,8 @@ import threading
 import pandas as pd
 import pytest
 
-from storage import ArtifactStore, Manifest, stable_hash
+from sims_core.hashing import canonical_hash as stable_hash
+from storage import ArtifactStore, Manifest
 
 CFG_A = "a" * 64
 CFG_B = "b" * 64
