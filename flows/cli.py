@@ -285,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SimsError, FileNotFoundError) as exc:
-        if not (is_user_error(exc) or isinstance(exc, FileNotFoundError)):
+    except SimsError as exc:
+        if not (is_user_error(exc) or exc.retryable):  # an internal error keeps its traceback
             raise
         print(f"sims {args.command}: error: {exc}", file=sys.stderr)
         return 2

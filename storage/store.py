@@ -223,6 +223,8 @@ class ArtifactStore:
             options.setdefault("use_listings_cache", False)
         try:
             fs, root = fsspec.core.url_to_fs(url, **options)
+        except OSError as exc:  # a filesystem that connects when it is created (ftp, sftp, ...)
+            raise StoreUnavailableError(f"store URL {url!r} cannot be opened: {exc}") from None
         except (ImportError, ValueError) as exc:
             why = f"needs a package that is not installed ({exc})" if isinstance(exc, ImportError) else "is unknown"
             raise UnsupportedStoreError(
