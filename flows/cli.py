@@ -62,12 +62,27 @@ def _print_result(result: dict[str, Any]) -> None:
     rate = result.get("win_rate")
     if rate is not None and not math.isnan(rate):
         print(
-            f"held-out win rate vs the base model: {rate:.1%} (95% CI {result['ci_low']:.1%}-{result['ci_high']:.1%}), "
-            f"length-controlled {result['lc_win_rate']:.1%}"
+            f"held-out win rate vs the base model: {rate:.1%} (95% CI {result['ci_low']:.1%}-{result['ci_high']:.1%}); "
+            f"paired score effect {result['effect']:+.4f} (95% CI {result['effect_ci_low']:+.4f} to "
+            f"{result['effect_ci_high']:+.4f}); {result.get('n'):.0f} comparisons, judge {result.get('judge')}"
         )
+        print(f"  verdict: {result['verdict']}")
+        previous = result.get("previous_iteration")
+        if previous:
+            print(
+                f"  vs the previous iteration: win rate {previous['win_rate']:.1%} (95% CI {previous['ci_low']:.1%}-"
+                f"{previous['ci_high']:.1%}), effect {previous['effect']:+.4f} (95% CI "
+                f"{previous['effect_ci_low']:+.4f} to {previous['effect_ci_high']:+.4f})"
+            )
         for name, value in (result.get("controls") or {}).items():
             if value is not None and not math.isnan(value):
-                print(f"  control {name.replace('_', ' ')}: {value:.1%}")
+                print(f"  control {name.replace('_', ' ')}: win rate {value:.1%}")
+        best = result.get("best_of_n")
+        if best:
+            print(
+                f"  best-of-N (oracle picks among base samples): win rate {best['win_rate']:.1%} (95% CI "
+                f"{best['ci_low']:.1%}-{best['ci_high']:.1%})"
+            )
     print(f"steering file: {result['steering']}")
 
 

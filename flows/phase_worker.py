@@ -30,7 +30,7 @@ __all__ = ["sims_phase"]
     persist_result=True,
 )
 def sims_phase(
-    unit: Literal["generations", "rankings", "activations", "steering", "eval"],
+    unit: Literal["baseline", "generations", "rankings", "activations", "steering", "eval"],
     context: PhaseContext,
     arguments: dict[str, Any],
 ) -> Any:

@@ -1,6 +1,6 @@
 """The `self_improve` flow: T resumable SIMS iterations.
 
-    prompts (split once) -> for t in 1..T:
+    prompts (split once) -> baseline (base answers to held-out prompts, once) -> for t in 1..T:
         prompts (sample) -> generations (pi_{t-1}) -> rankings (oracle) -> buffer (pairs + memory
         bank) -> activations (base model) -> steering (fit + strength selection) -> eval (judge)
     -> report
@@ -32,6 +32,7 @@ from prefect.artifacts import (
 
 import sims_core
 from sims_core.config import SimsConfig
+from sims_core.evaluation import CONTROLS
 from storage import ArtifactStore, Manifest, validate_run_id
 from tasks.buffer import buffer_phase
 from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
@@ -90,20 +91,33 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None) -
                 PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
             )
     final = report["table"][-1] if report["table"] else {}
+
+    def numbers(prefix: str) -> dict[str, Any] | None:
+        if final.get(f"{prefix}win_rate") is None:
+            return None
+        keys = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n", "verdict")
+        return {key: final.get(f"{prefix}{key}") for key in keys}
+
     return {
         "run_id": run_id,
         "store": artifact_store.url,
         "report": report["report"],
         "steering": steering,
+        "judge": final.get("judge"),
         "win_rate": final.get("win_rate"),
         "ci_low": final.get("ci_low"),
         "ci_high": final.get("ci_high"),
+        "effect": final.get("effect"),
+        "effect_ci_low": final.get("effect_ci_low"),
+        "effect_ci_high": final.get("effect_ci_high"),
+        "n": final.get("n"),
+        "verdict": final.get("verdict"),
         "lc_win_rate": final.get("lc_win_rate"),
-        "controls": {
-            k[: -len("_win_rate")]: v
-            for k, v in final.items()
-            if k.endswith("_win_rate") and k not in ("win_rate", "lc_win_rate")
-        },
+        "lc_ci_low": final.get("lc_ci_low"),
+        "lc_ci_high": final.get("lc_ci_high"),
+        "previous_iteration": numbers("previous_iteration_"),
+        "best_of_n": numbers("best_of_n_"),
+        "controls": {name: final[f"{name}_win_rate"] for name in CONTROLS if final.get(f"{name}_win_rate") is not None},
     }
 
 
@@ -135,8 +149,10 @@ def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
         progress=0.0, key=_artifact_key(run.run_id, "progress"), description=f"SIMS run {run.run_id}: iterations done"
     )
     split_uri = _named(prompts_phase, "prompts", 0)(run)
+    baseline_uri = single(run, "baseline", {"split_uri": split_uri})
     previous_buffer: str | None = None
     previous_steering: str | None = None
+    previous_eval: str | None = None
     report: dict[str, Any] = {}
     for t in range(1, config.iterations + 1):
         ctx = run.at(t)
@@ -154,9 +170,16 @@ def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
             "steering",
             {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering},
         )
-        with_controls = config.controls and t == config.iterations
-        single(
-            ctx, "eval", {"steering_uri": fitted["steering"], "split_uri": split_uri, "with_controls": with_controls}
+        previous_eval = single(
+            ctx,
+            "eval",
+            {
+                "steering_uri": fitted["steering"],
+                "split_uri": split_uri,
+                "baseline_uri": baseline_uri,
+                "previous_eval_uri": previous_eval,
+                "with_controls": config.controls and t == config.iterations,
+            },
         )
         previous_buffer, previous_steering = buffer_uri, fitted["steering"]
         report = _named(write_report, "report", t)(ctx, t)

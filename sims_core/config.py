@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from sims_core.errors import ConfigError
+from sims_core.generation import SamplingParams
 from sims_core.hashing import canonical_hash
 
 __all__ = [
@@ -157,6 +158,7 @@ class SimsConfig(BaseModel):
     # prompts
     prompts: Text = Field("default", description="'default', a .parquet/.jsonl/.json/.csv path or URL, or hf:NAME")
     prompt_column: Text = "prompt"
+    reference_column: Text = Field("reference", description="column of reference answers (for the reference judge)")
     prompt_split: Text = "train"
     eval_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.25
     val_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.15
@@ -190,11 +192,17 @@ class SimsConfig(BaseModel):
     positions: Literal["all", "prompt", "generated", "last"] | None = None
     warm_start: Flag = True
     # evaluation
-    judge: Text = Field("pmi", description="the evaluation judge (any registered oracle that can judge)")
+    judge: Text = Field(
+        "auto",
+        description="the evaluation judge: any registered oracle that can judge, or auto (reference when the "
+        "prompts have reference answers, else pmi)",
+    )
     judge_options: Options = Field(default_factory=dict)
     eval_samples: Count = 2
     controls: Flag = True
     control_temperature: Annotated[float, Field(strict=True, ge=0, le=10)] = 0.6
+    best_of_n: Count0 = Field(4, description="best-of-N line: K base samples per prompt, the oracle picks one (0: off)")
+    best_of_n_prompts: Count = Field(100, description="held-out prompts the best-of-N line uses (it costs K answers each)")
     # run
     seed: Annotated[int, Field(strict=True)] = 0
     store: Text = "./runs"
@@ -240,9 +248,16 @@ class SimsConfig(BaseModel):
     @field_validator("oracle", "judge")
     @classmethod
     def _known_oracle(cls, value: str, info: Any) -> str:
-        from sims_core.oracles import known_oracles
+        from sims_core.oracles import known_oracles, oracle_info
 
         known = known_oracles()
+        if info.field_name == "judge":
+            if value == "auto":
+                return value
+            if value in known and not oracle_info(value).can_judge:
+                judges = ["auto", *(name for name in known if oracle_info(name).can_judge)]
+                raise ValueError(f"judge {value!r} cannot judge a pair of answers; judges: {judges}")
+            known = ["auto", *known]
         if value not in known:
             raise ValueError(f"{info.field_name} must be one of {known}, got {value!r}")
         return value
@@ -336,6 +351,20 @@ class SimsConfig(BaseModel):
         from sims_core.steering.learners import get_learner
 
         return tuple(get_learner(self.learner).default_alphas)
+
+    @property
+    def sampling(self) -> SamplingParams:
+        """How every answer of the run is sampled (training samples, strength selection, eval)."""
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size
+        )
+
+    def judge_for(self, has_references: bool) -> str:
+        """The evaluation judge: ``judge``, or for ``auto`` the reference judge when the prompt
+        set has reference answers, else the PMI judge."""
+        if self.judge != "auto":
+            return self.judge
+        return "reference" if has_references else "pmi"
 
     @property
     def token_level(self) -> bool:

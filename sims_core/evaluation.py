@@ -56,9 +56,11 @@ __all__ = [
     "CONTROLS",
     "VERDICTS",
     "BestOfN",
+    "Comparison",
     "Evaluation",
     "LengthControlledWinRate",
     "best_of_n",
+    "compare",
     "distinct_n",
     "edit_norms",
     "evaluate",
@@ -67,6 +69,7 @@ __all__ = [
     "length_controlled_win_rate",
     "paired_effect",
     "random_direction_like",
+    "sample_conditions",
     "summarize",
     "wilson_interval",
     "win_rate",
@@ -721,6 +724,111 @@ def best_of_n(
     return BestOfN([row[j] for row, j in zip(candidates, index)], candidates, scores, index)
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One condition to judge: ``answers`` against ``baseline`` on ``prompts`` (sample s of one
+    side against sample s of the other), with the prompts' ``references`` for judges that need them."""
+
+    condition: str
+    prompts: Sequence[str]
+    answers: Sequence[Sequence[Answer]]
+    baseline: Sequence[Sequence[Answer]]
+    references: Sequence[str] | None = None
+
+
+def sample_conditions(
+    lm: LanguageModel,
+    prompts: Sequence[str],
+    steering: Any,
+    *,
+    controls: Sequence[str] = CONTROLS,
+    num_samples: int = 1,
+    sampling: SamplingParams | None = None,
+    seed: int = 0,
+    alpha: float | None = None,
+    positions: str | None = None,
+    control_temperature: float | None = None,
+    system_prompt: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, list[list[Generation]]], list[str]]:
+    """The answers of the steered model (``"steered"``) and of each control, all with the same
+    per-sample seeds: ``"random_direction"`` (random vectors of the steering's size at its
+    layers) and ``"low_temperature"`` (unsteered at ``control_temperature``, default half the
+    temperature). Returns ``({condition: answers}, notes)``; a control that cannot be built is
+    skipped with a note."""
+    from sims_core.generation import generate
+
+    unknown = [c for c in controls if c not in CONTROLS]
+    if unknown:
+        raise UserError(f"unknown controls {unknown}; choose from {list(CONTROLS)}")
+    params = sampling or SamplingParams()
+    gen = dict(num_samples=num_samples, seed=seed, system_prompt=system_prompt, progress=progress)
+    notes: list[str] = []
+    conditions: dict[str, list[list[Generation]]] = {}
+    with _steering(lm, steering, alpha, positions):
+        conditions["steered"] = generate(lm, prompts, sampling=params, **gen)
+    if "random_direction" in controls:
+        strength = 1.0 if alpha is None else alpha
+        random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
+        if random_spec is None:
+            notes.append("random_direction control skipped: the steering's size could not be measured")
+        else:
+            default_pos = positions or getattr(steering, "default_positions", None)
+            with _steering(lm, random_spec, 1.0, default_pos):
+                conditions["random_direction"] = generate(lm, prompts, sampling=params, **gen)
+    if "low_temperature" in controls:
+        low = control_temperature if control_temperature is not None else params.temperature / 2
+        conditions["low_temperature"] = generate(lm, prompts, sampling=params.override(temperature=low), **gen)
+        notes.append(f"low_temperature control sampled at temperature {low:g}")
+    return conditions, notes
+
+
+def compare(
+    judge: Oracle,
+    comparisons: Sequence[Comparison],
+    *,
+    seed: int = 0,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    ci: Literal["wilson", "bootstrap"] = "bootstrap",
+    sanity: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame, JudgeSanity | None, list[str]]:
+    """Judge every comparison (`judge_answers`) and summarize each (`summarize`): returns the
+    rows (with a ``condition`` column), one summary row per condition (in the order given, with
+    the judge's name and, when ``sanity``, its sanity figures measured on the first
+    comparison's baseline answers), the `JudgeSanity` and notes."""
+    import pandas as pd
+
+    parts, notes = [], []
+    for item in comparisons:
+        part = judge_answers(judge, item.prompts, item.answers, item.baseline, item.references)
+        part.insert(0, "condition", item.condition)
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    checked = None
+    if sanity and comparisons:
+        first = comparisons[0]
+        if len(first.prompts) >= 2:
+            baseline_texts = [_text(row[0]) for row in _samples(first.baseline, len(first.prompts), "baseline")]
+            checked = judge_sanity(judge, first.prompts, baseline_texts, seed=seed, references=first.references)
+        else:
+            notes.append("judge sanity skipped: it needs at least 2 prompts")
+    comparable = oracle_capabilities(judge)["comparable_scores"]
+    summary = []
+    for item in comparisons:
+        part = table[table["condition"] == item.condition]
+        summary.append(
+            dict(
+                condition=item.condition,
+                **summarize(part, seed=seed, confidence=confidence, n_boot=n_boot, comparable_scores=comparable, ci=ci),
+                judge=judge.name,
+                judge_matched_rate=checked.matched_rate if checked else float("nan"),
+                judge_order_agreement=checked.order_agreement if checked else float("nan"),
+            )
+        )
+    return table, pd.DataFrame(summary), checked, notes
+
+
 def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: str | None):
     from sims_core.steering.hooks import steer
 
@@ -787,7 +895,6 @@ def evaluate(
         whose ``summary`` has one `summarize` row per condition (``steered`` first) with the
         judge's name and sanity figures.
     """
-    import pandas as pd
 
     from sims_core.generation import generate, validate_prompts
 
@@ -811,52 +918,33 @@ def evaluate(
                 f"baseline_answers[{short[0]}] has {len(ref[short[0]])} answers; num_samples={num_samples} needs "
                 f"{num_samples} per prompt"
             )
-    gen = dict(num_samples=num_samples, seed=seed, system_prompt=system_prompt, progress=progress)
-    notes: list[str] = []
     if baseline_answers is None:
         with _steering(lm, reference, reference_alpha, positions):
-            ref = generate(lm, prompts, sampling=params, **gen)
-    conditions: dict[str, list] = {}
-    with _steering(lm, steering, alpha, positions):
-        conditions["steered"] = generate(lm, prompts, sampling=params, **gen)
-    if "random_direction" in controls:
-        strength = 1.0 if alpha is None else alpha
-        random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
-        if random_spec is None:
-            notes.append("random_direction control skipped: the steering's size could not be measured")
-        else:
-            default_pos = positions or getattr(steering, "default_positions", None)
-            with _steering(lm, random_spec, 1.0, default_pos):
-                conditions["random_direction"] = generate(lm, prompts, sampling=params, **gen)
-    if "low_temperature" in controls:
-        low = control_temperature if control_temperature is not None else params.temperature / 2
-        conditions["low_temperature"] = generate(lm, prompts, sampling=params.override(temperature=low), **gen)
-        notes.append(f"low_temperature control sampled at temperature {low:g}")
-
-    parts = []
-    for condition, outputs in conditions.items():
-        part = judge_answers(judge, prompts, outputs, ref, references)
-        part.insert(0, "condition", condition)
-        parts.append(part)
-    table = pd.concat(parts, ignore_index=True)
-    checked = (
-        judge_sanity(judge, prompts, [_text(r[0]) for r in ref], seed=seed, references=references)
-        if sanity and len(prompts) >= 2
-        else None
-    )
-    if sanity and checked is None:
-        notes.append("judge sanity skipped: it needs at least 2 prompts")
-    comparable = oracle_capabilities(judge)["comparable_scores"]
-    summary = []
-    for condition in conditions:
-        part = table[table["condition"] == condition]
-        summary.append(
-            dict(
-                condition=condition,
-                **summarize(part, seed=seed, confidence=confidence, n_boot=n_boot, comparable_scores=comparable, ci=ci),
-                judge=judge.name,
-                judge_matched_rate=checked.matched_rate if checked else float("nan"),
-                judge_order_agreement=checked.order_agreement if checked else float("nan"),
+            ref = generate(
+                lm,
+                prompts,
+                num_samples=num_samples,
+                sampling=params,
+                seed=seed,
+                system_prompt=system_prompt,
+                progress=progress,
             )
-        )
-    return Evaluation(table, pd.DataFrame(summary), checked, notes)
+    conditions, notes = sample_conditions(
+        lm,
+        prompts,
+        steering,
+        controls=controls,
+        num_samples=num_samples,
+        sampling=params,
+        seed=seed,
+        alpha=alpha,
+        positions=positions,
+        control_temperature=control_temperature,
+        system_prompt=system_prompt,
+        progress=progress,
+    )
+    comparisons = [Comparison(name, prompts, answers, ref, references) for name, answers in conditions.items()]
+    table, summary, checked, more = compare(
+        judge, comparisons, seed=seed, confidence=confidence, n_boot=n_boot, ci=ci, sanity=sanity
+    )
+    return Evaluation(table, summary, checked, notes + more)

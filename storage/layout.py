@@ -36,6 +36,7 @@ __all__ = [
 
 PHASES: tuple[str, ...] = (
     "prompts",
+    "baseline",
     "generations",
     "rankings",
     "buffer",

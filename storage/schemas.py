@@ -120,8 +120,9 @@ SCHEMAS: dict[str, pa.Schema] = {
         allow_extra=True,
     ),
     "eval": _schema("eval", [_f("metric"), _f("value", pa.float64(), null=True)], allow_extra=True),
-    # Cached base-model answers: the references of evaluation and the candidates they are compared with.
-    "baseline": _schema("baseline", [*_GENERATED, _f("kind", values=("reference", "candidate"))], allow_extra=True),
+    # The base model's answers to the held-out prompts, sampled once per run: the baseline every
+    # iteration's eval compares with, and the best-of-N candidates (with the oracle's choice).
+    "baseline": _schema("baseline", [*_GENERATED, _f("kind", values=("baseline", "candidate"))], allow_extra=True),
 }
 
 

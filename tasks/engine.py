@@ -25,6 +25,7 @@ from sims_core.errors import ConfigError, SimsError, UserError, is_retryable, is
 from sims_core.hashing import canonical_hash
 from storage import shard_phase
 from tasks.activations import activations_phase
+from tasks.baseline import baseline_phase
 from tasks.eval import eval_phase
 from tasks.generations import generations_phase
 from tasks.phase import PhaseContext, phase_logger
@@ -44,9 +45,10 @@ __all__ = [
     "task_runner_for",
 ]
 
-# The units a worker can run: the three sharded phases, plus the steering fit and the eval (run
-# remotely only with the deployment engine, so that the orchestrator never loads the model).
+# The units a worker can run: the three sharded phases, plus the baseline answers, the steering fit
+# and the eval (remote only with the deployment engine, so that the orchestrator never loads the model).
 UNITS = {
+    "baseline": baseline_phase,
     "generations": generations_phase,
     "rankings": rankings_phase,
     "activations": activations_phase,

@@ -6,25 +6,16 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sims_core.prompts import PromptRecord, make_prompt_records, sample_prompts, split_prompts
+from sims_core.oracles import oracle_info
+from sims_core.prompts import PromptRecord, make_prompt_records, records_to_rows, sample_prompts, split_prompts
 from storage import load_prompt_table
 from tasks.phase import PhaseContext, phase_logger, run_phase
 
 __all__ = ["SAMPLE_FIELDS", "SPLIT_FIELDS", "prompts_phase"]
 
-SPLIT_FIELDS = ("prompts", "prompt_column", "prompt_split", "eval_fraction", "val_fraction", "seed")
+SPLIT_FIELDS = ("prompts", "prompt_column", "reference_column", "prompt_split", "eval_fraction", "val_fraction", "seed")
 SAMPLE_FIELDS = ("num_prompts", "seed")
-
-
-def _frame(records) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "prompt_id": [r.prompt_id for r in records],
-            "prompt": [r.prompt for r in records],
-            "split": [r.split for r in records],
-            "category": [r.category or "" for r in records],
-        }
-    )
+PROMPT_COLUMNS = ("prompt_id", "prompt", "category", "split", "reference")
 
 
 @task(name="prompts", cache_policy=NO_CACHE)
@@ -49,25 +40,28 @@ def prompts_phase(ctx: PhaseContext, split_uri: str | None = None) -> str:
 def _split(ctx: PhaseContext) -> dict:
     cfg = ctx.config
     log = phase_logger()
-    source = load_prompt_table(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
-    records, report = make_prompt_records(source.texts, source.categories)
+    source = load_prompt_table(
+        cfg.prompts,
+        column=cfg.prompt_column,
+        reference_column=cfg.reference_column,
+        split=cfg.prompt_split,
+        require_reference=oracle_info(cfg.judge_for(True)).needs_reference and cfg.judge != "auto",
+    )
+    records, report = make_prompt_records(source.texts, source.categories, source.references)
     if report.n_dropped:
         log.warning("prompts from %s: %s", cfg.prompts, report.message)
     records = split_prompts(records, eval_fraction=cfg.eval_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
     counts = pd.Series([r.split for r in records]).value_counts().to_dict()
     log.info("prompts: %d from %s, split %s", len(records), cfg.prompts, counts)
-    return {"prompts": ctx.store.write_table(ctx.uri("prompts", iteration=0), _frame(records), "prompts")}
+    return {"prompts": ctx.store.write_table(ctx.uri("prompts", iteration=0), records_to_rows(records), "prompts")}
 
 
 def _sample(ctx: PhaseContext, split_uri: str) -> dict:
     cfg = ctx.config
     frame = ctx.store.read_frame(split_uri, "prompts")
     train = frame[frame["split"] == "train"]
-    records = [
-        PromptRecord(r.prompt_id, r.prompt, r.category or None, r.split)
-        for r in train[["prompt_id", "prompt", "category", "split"]].itertuples(index=False)
-    ]
+    records = [PromptRecord(**row) for row in train[list(PROMPT_COLUMNS)].to_dict("records")]
     sample = sample_prompts(records, cfg.num_prompts, seed=cfg.seed, iteration=ctx.iteration)
     if sample.shortfall:
         phase_logger().warning("iteration %d: %s", ctx.iteration, sample.message)
-    return {"prompts": ctx.store.write_table(ctx.uri("prompts"), _frame(sample.records), "prompts")}
+    return {"prompts": ctx.store.write_table(ctx.uri("prompts"), records_to_rows(sample.records), "prompts")}

@@ -39,10 +39,10 @@ def test_status_json_lists_every_phase(finished_run, capsys):
     assert data["run_id"] == "cli-run"
     assert [(p["iteration"], p["phase"], p["status"]) for p in data["phases"]][:3] == [
         (0, "prompts", "completed"),
+        (0, "baseline", "completed"),
         (1, "prompts", "completed"),
-        (1, "generations", "completed"),
     ]
-    assert len(data["phases"]) == 8
+    assert len(data["phases"]) == 9
 
 
 def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, tmp_path, capsys):

@@ -66,7 +66,7 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     assert "'type': 'COMPLETED'" in state or "StateType.COMPLETED" in state, state[-2000:]
 
     manifest = Manifest.load(ArtifactStore.open(store), "deployed")
-    assert [e.status for e in manifest.entries] == ["completed"] * 8
+    assert [e.status for e in manifest.entries] == ["completed"] * 9
 
 
 def test_kubernetes_gpu_variant_is_consistent():

@@ -23,9 +23,10 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
     result = self_improve(run_id="e2e", config=tiny_config)
     store = ArtifactStore.open(tiny_config["store"])
     manifest = Manifest.load(store, "e2e")
-    assert [(e.iteration, e.phase, e.status) for e in manifest.entries] == [(0, "prompts", "completed")] + [
-        (t, phase, "completed") for t in (1, 2) for phase in PHASES
-    ]
+    assert [(e.iteration, e.phase, e.status) for e in manifest.entries] == [
+        (0, "prompts", "completed"),
+        (0, "baseline", "completed"),
+    ] + [(t, phase, "completed") for t in (1, 2) for phase in PHASES]
     split = _table(store, manifest, 0, "prompts", "prompts")
     assert set(split["split"]) == {"train", "val", "eval"} and len(split) == 600
     generations = _table(store, manifest, 2, "generations", "generations")
@@ -51,11 +52,14 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
 
     evaluation = _table(store, manifest, 2, "eval", "eval")
     comparisons = evaluation[evaluation["kind"] == "comparison"]
+    # iteration over iteration, the controls and the best-of-N line on the last iteration
     assert set(comparisons["condition"]) == {
         "steered",
+        "previous_iteration",
         "random_direction",
         "low_temperature",
-    }  # controls on the last iteration
+        "best_of_n",
+    }
     assert len(comparisons[comparisons["condition"] == "steered"]) == 3 * 2
     assert 0.0 <= result["win_rate"] <= 1.0 and result["ci_low"] <= result["win_rate"] <= result["ci_high"]
     assert set(result["controls"]) == {"random_direction", "low_temperature"}
@@ -139,7 +143,7 @@ def test_flow_on_an_s3_store(prefect_harness, tiny_config, s3_bucket):
     assert result["steering"].startswith(f"s3://{s3_bucket}/sims/s3run/iter=1/")
     store = ArtifactStore.open(config["store"])
     manifest = Manifest.load(store, "s3run")
-    assert [e.status for e in manifest.entries] == ["completed"] * 8
+    assert [e.status for e in manifest.entries] == ["completed"] * 9
     assert len(store.read_frame(manifest.output_uri(1, "generations"), "generations")) == 12
     assert "Held-out win rate" in store.read_bytes(result["report"]).decode()
     assert store.list_runs() == ["s3run"]

@@ -87,7 +87,7 @@ def sample(name: str) -> pd.DataFrame:
             }
         )
     if name == "baseline":
-        return sample("generations").assign(kind=["reference", "candidate", "reference"], temperature=0.7)
+        return sample("generations").assign(kind=["baseline", "candidate", "baseline"], temperature=0.7)
     raise KeyError(name)
 
 
@@ -313,13 +313,13 @@ def test_buffer_rows_need_their_scores(tmp_path):
     assert store.read_frame(uri, "buffer")["chosen_score"].isna().all()
 
 
-def test_baseline_kind_takes_only_reference_or_candidate(tmp_path):
+def test_baseline_kind_takes_only_baseline_or_candidate(tmp_path):
     store = ArtifactStore.open(tmp_path)
-    rows = sample("baseline").assign(kind=["reference", "steered", "candidate"])
+    rows = sample("baseline").assign(kind=["baseline", "steered", "candidate"])
     with pytest.raises(ArtifactSchemaError) as err:
         store.write_table(str(tmp_path / "b.parquet"), rows, "baseline")
     assert str(err.value) == (
-        f"{tmp_path / 'b.parquet'}: column 'kind' has value(s) ['steered']; expected one of ['reference', "
+        f"{tmp_path / 'b.parquet'}: column 'kind' has value(s) ['steered']; expected one of ['baseline', "
         "'candidate'] (artifact schema 'baseline')"
     )
 
