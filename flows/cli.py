@@ -49,7 +49,7 @@ def _config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = No
     overrides = list(getattr(args, "set", None) or [])
     if getattr(args, "store", None):
         overrides.append(f"store={args.store}")
-    for name in ("iterations", "shards", "engine"):
+    for name in ("iterations", "shards", "engine", "lineage"):
         if getattr(args, name, None) is not None:
             overrides.append(f"{name}={getattr(args, name)}")
     return cfg.with_overrides(overrides) if overrides else cfg
@@ -84,6 +84,9 @@ def _print_result(result: dict[str, Any]) -> None:
                 f"{best['ci_low']:.1%}-{best['ci_high']:.1%})"
             )
     print(f"steering file: {result['steering']}")
+    night = result.get("lineage")
+    if night:
+        print(f"lineage {night['lineage']}: {night['reason']}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = args.run_id or new_run_id()
     preflight(cfg, run_id)
     print(f"sims run {run_id}: store {cfg.store}, model {cfg.model}, {cfg.iterations} iteration(s)", flush=True)
-    result = self_improve(run_id=run_id, config=cfg)
+    result = self_improve(run_id=run_id, config=cfg, force=args.force)
     _print_result(result)
     return 0
 
@@ -117,7 +120,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     preflight(cfg, args.run_id)
     print(f"sims resume {args.run_id}: {cfg.iterations} iteration(s), finished phases are skipped", flush=True)
-    result = self_improve(run_id=args.run_id, config=cfg)
+    result = self_improve(run_id=args.run_id, config=cfg, force=args.force)
     _print_result(result)
     return 0
 
@@ -250,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--run-id", help="name of the run (default: run-<UTC time>-<random>)")
     run.add_argument("--store", help=f"artifact store: a directory or s3://bucket/prefix (default {DEFAULT_STORE})")
+    run.add_argument(
+        "--lineage", help="advance this lineage: start from its current steering, draw new prompts, gate promotion"
+    )
     run.set_defaults(func=cmd_run)
 
     resume = sub.add_parser("resume", help="resume a run from its artifacts (or extend it with --iterations)")
@@ -266,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--engine",
             help="where shards run: threads (default), dask, ray, deployment (options: --set 'engine_options={...}')",
+        )
+        command.add_argument(
+            "--force",
+            action="store_true",
+            help="reuse an existing run id with a config that changes what it trained (recomputes its artifacts)",
         )
     resume.set_defaults(func=cmd_resume)
 
@@ -293,7 +304,74 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--iteration", type=int, help="default: the latest iteration")
     export.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     export.set_defaults(func=cmd_export)
+    lineage = sub.add_parser("lineage", help="a lineage's history, or roll its current steering back")
+    lineage_sub = lineage.add_subparsers(dest="lineage_command", required=True)
+    lineage_status = lineage_sub.add_parser("status", help="one row per run: prompts, comparison, promoted or not")
+    lineage_status.add_argument("name")
+    lineage_status.add_argument("--json", action="store_true", help="machine-readable output")
+    lineage_status.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    lineage_status.set_defaults(func=cmd_lineage_status)
+    rollback = lineage_sub.add_parser("rollback", help="make an earlier promoted steering current again")
+    rollback.add_argument("name")
+    rollback.add_argument(
+        "--to",
+        metavar="RUN_ID",
+        help="the run whose steering becomes current (default: the one promoted before the current one)",
+    )
+    rollback.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
+    rollback.set_defaults(func=cmd_lineage_rollback)
     return parser
+
+
+def _lineage(args: argparse.Namespace):
+    from storage.lineage import Lineage
+
+    lineage = Lineage(args.store or DEFAULT_STORE, args.name)
+    if not lineage.exists():
+        raise UsageError(f"lineage {args.name!r} has no runs in {lineage.store.url} yet")
+    return lineage
+
+
+def cmd_lineage_status(args: argparse.Namespace) -> int:
+    lineage = _lineage(args)
+    pointer = lineage.pointer()
+    nights = lineage.nights()
+    if args.json:
+        print(json.dumps({"lineage": lineage.name, "current": pointer, "runs": nights}, indent=2, default=str))
+        return 0
+    current = (
+        f"run {pointer['run_id']} (iteration {pointer['iteration']}, since {pointer['promoted_at']})"
+        if pointer
+        else "none"
+    )
+    print(f"lineage {lineage.name} in {lineage.store.url}: current steering {current}")
+    if pointer:
+        print(f"  serving reads {lineage.uri('current.safetensors')} (sha256 {pointer['sha256'][:12]})")
+    for night in nights:
+        if night.get("event") == "rollback":
+            print(f"{night['recorded_at']}  rollback to {night['to_run']} (from {night.get('from_run')})")
+            continue
+        c = night.get("comparison") or {}
+        rate = c.get("win_rate")
+        versus = (
+            f"win rate {rate:.1%} [{c.get('ci_low', float('nan')):.1%}, {c.get('ci_high', float('nan')):.1%}] vs "
+            f"{c.get('against', 'current')}"
+            if rate is not None
+            else "no comparison"
+        )
+        verdict = "PROMOTED" if night.get("promoted") else "kept current"
+        print(f"{night['recorded_at']}  {night['run_id']}  {night.get('prompts', 0)} prompts  {versus}  {verdict}")
+        print(f"    {night.get('reason', '')}")
+    return 0
+
+
+def cmd_lineage_rollback(args: argparse.Namespace) -> int:
+    lineage = _lineage(args)
+    pointer = lineage.rollback(args.to)
+    print(
+        f"lineage {lineage.name}: current steering is now run {pointer['run_id']}'s (sha256 {pointer['sha256'][:12]})"
+    )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,10 +32,12 @@ from prefect.artifacts import (
 
 import sims_core
 from sims_core.config import SimsConfig
+from sims_core.errors import ConfigError
 from sims_core.evaluation import CONTROLS
 from storage import ArtifactStore, Manifest, validate_run_id
 from tasks.buffer import buffer_phase
 from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
+from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import prompts_phase
 from tasks.report import write_report
@@ -46,6 +48,59 @@ __all__ = ["new_run_id", "run_tag", "self_improve"]
 def new_run_id() -> str:
     """A sortable run name: ``run-YYYYmmdd-HHMMSS-xxxx`` (UTC)."""
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def default_run_id(config: SimsConfig) -> str:
+    """The run id of a flow run given none: derived from the Prefect flow run, so that
+    ``prefect flow-run retry`` (the same flow run, scheduled again) resumes the same run from its
+    artifacts. ``<lineage>-<scheduled time>`` for a lineage run (one run per scheduled night),
+    ``run-<scheduled time>-<flow run id>`` otherwise; outside a flow run, a new name."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is None:
+        return new_run_id() if config.lineage is None else f"{config.lineage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    when = (flow_run.expected_start_time or flow_run.created or datetime.now(UTC)).astimezone(UTC)
+    if config.lineage is not None:
+        return f"{config.lineage}-{when:%Y%m%d-%H%M%S}"
+    return f"run-{when:%Y%m%d-%H%M%S}-{flow_run.id.hex[:8]}"
+
+
+def _crash_stale_subflows(run_id: str) -> None:
+    """An earlier attempt of this run that was killed left its iterations subflow RUNNING in
+    Prefect (nothing reports a killed process's subflows): mark them Crashed. The caller holds the
+    run lock, so no live attempt can own them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+    from prefect.states import Crashed
+
+    me = FlowRunContext.get()
+    mine = me.flow_run.id if me is not None and me.flow_run is not None else None
+    try:
+        with get_client(sync_client=True) as client:
+            stale = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[run_tag(run_id)]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])
+                    ),
+                )
+            )
+            for run in stale:
+                if run.id != mine and run.parent_task_run_id is not None:
+                    client.set_flow_run_state(
+                        run.id, Crashed(message=f"superseded: a new attempt of sims run {run_id} started"), force=True
+                    )
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of the UI must not stop a run
+        phase_logger().warning("could not mark stale subflow runs of %s as crashed: %s", run_id, exc)
 
 
 def run_tag(run_id: str) -> str:
@@ -62,16 +117,20 @@ def _artifact_key(run_id: str, suffix: str) -> str:
 @flow(
     name="self-improve", description="Self-Improving Model Steering: T resumable iterations.", validate_parameters=False
 )
-def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None) -> dict[str, Any]:
+def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run (or resume) a SIMS run with ``config`` (see README, "Configuration"); ``run_id`` names
-    the run (default: a new sortable name)."""
+    the run (default: a new sortable name). Running an existing run id again resumes it; with a
+    config that differs in what it trained (model, prompts, oracle, learner, ...) it is refused
+    unless ``force`` says the recomputation is deliberate."""
     config = SimsConfig.from_dict(config if config is not None else {})
-    run_id = validate_run_id(run_id or new_run_id())
+    run_id = validate_run_id(run_id or default_run_id(config))
     check_engine(config)
     log = phase_logger()
     artifact_store = ArtifactStore.open(config.store)
     holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
     with artifact_store.lock(run_id, holder=holder):
+        _refuse_incompatible_reuse(artifact_store, run_id, config, force)
+        _crash_stale_subflows(run_id)
         Manifest.load_or_create(artifact_store, run_id, config=config.to_dict(), sims_version=sims_core.__version__)
         log.info(
             "run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
@@ -87,7 +146,7 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None) -
         )
         runner = run_iterations.with_options(task_runner=task_runner_for(config))
         with tags(run_tag(run_id)):
-            report, steering = runner(
+            report, steering, night = runner(
                 PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
             )
     final = report["table"][-1] if report["table"] else {}
@@ -118,7 +177,26 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None) -
         "previous_iteration": numbers("previous_iteration_"),
         "best_of_n": numbers("best_of_n_"),
         "controls": {name: final[f"{name}_win_rate"] for name in CONTROLS if final.get(f"{name}_win_rate") is not None},
+        "lineage": night,
     }
+
+
+def _refuse_incompatible_reuse(store: ArtifactStore, run_id: str, config: SimsConfig, force: bool) -> None:
+    """An existing run id with a config that would recompute what it trained: refused (or, with
+    ``force``, logged), so a run is never overwritten by accident."""
+    if not store.exists(store.manifest_uri(run_id)):
+        return
+    changes = config.changes_from(Manifest.load(store, run_id).config)
+    if not changes:
+        return
+    if force:
+        phase_logger().warning("run %s: recomputing with a changed config (force): %s", run_id, "; ".join(changes))
+        return
+    raise ConfigError(
+        f"run {run_id!r} in {store.url} was made with another config ({'; '.join(changes)}); running it again "
+        f"would recompute and overwrite its artifacts: use a new run id, or force the recomputation "
+        f"(sims run/resume --force)"
+    )
 
 
 def _named(task: Any, phase: str, iteration: int) -> Any:
@@ -129,9 +207,9 @@ def _named(task: Any, phase: str, iteration: int) -> Any:
 
 
 @flow(name="self-improve-iterations", description="The iterations of one SIMS run, on the engine its config names.")
-def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
+def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None, dict[str, Any] | None]:
     """Iterations 1..T of a run whose manifest exists and whose lock the caller holds; returns
-    the report and the last steering artifact's URI."""
+    the report, the last steering artifact's URI and, for a lineage run, its lineage record."""
     config = run.config
 
     def sharded(ctx: PhaseContext, unit: str, calls: list[dict[str, Any]]) -> list[str]:
@@ -148,10 +226,12 @@ def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
     progress_id = create_progress_artifact(
         progress=0.0, key=_artifact_key(run.run_id, "progress"), description=f"SIMS run {run.run_id}: iterations done"
     )
-    split_uri = _named(prompts_phase, "prompts", 0)(run)
+    snapshot = _named(lineage_phase, "lineage", 0)(run) if config.lineage else {}
+    split_uri = _named(prompts_phase, "prompts", 0)(run, lineage_uri=snapshot.get("lineage"))
     baseline_uri = single(run, "baseline", {"split_uri": split_uri})
-    previous_buffer: str | None = None
-    previous_steering: str | None = None
+    # a lineage run starts from the lineage's current steering and memory bank (pi_0 and the bank)
+    previous_buffer: str | None = snapshot.get("buffer")
+    previous_steering: str | None = snapshot.get("steering")
     previous_eval: str | None = None
     report: dict[str, Any] = {}
     for t in range(1, config.iterations + 1):
@@ -190,9 +270,18 @@ def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None]:
                 description=f"SIMS run {run.run_id}: one row per iteration",
             )
         update_progress_artifact(progress_id, progress=100.0 * t / config.iterations)
+    night = None
+    if config.lineage:
+        last = run.at(config.iterations)
+        promotion_uri = _named(promotion_phase, "promotion", config.iterations)(
+            last, previous_steering, previous_eval, split_uri, snapshot.get("steering")
+        )
+        night = _named(publish_night, "publish", config.iterations)(
+            last, promotion_uri, previous_steering, previous_buffer, split_uri, snapshot
+        )
     create_markdown_artifact(
         markdown=report["markdown"],
         key=_artifact_key(run.run_id, "report"),
         description=f"SIMS run {run.run_id} report",
     )
-    return report, previous_steering
+    return report, previous_steering, night

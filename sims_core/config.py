@@ -23,7 +23,9 @@ from sims_core.generation import SamplingParams
 from sims_core.hashing import canonical_hash
 
 __all__ = [
+    "CONTINUATION_FIELDS",
     "ENGINES",
+    "LINEAGE_NAME",
     "ConfigError",
     "DaskOptions",
     "DeploymentOptions",
@@ -44,6 +46,7 @@ OptionalText = Annotated[str, Field(strict=True)]
 Options = dict[str, Any]
 
 ENGINES = ("threads", "dask", "ray", "deployment")
+LINEAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 DEFAULT_DEPLOYMENT = "sims-phase/gpu"
 
 
@@ -160,9 +163,9 @@ class SimsConfig(BaseModel):
     prompt_column: Text = "prompt"
     reference_column: Text = Field("reference", description="column of reference answers (for the reference judge)")
     prompt_split: Text = "train"
-    eval_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.25
-    val_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.15
-    max_eval_prompts: Count = 40
+    eval_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.5
+    val_fraction: Annotated[float, Field(strict=True, gt=0, le=0.9)] = 0.1
+    max_eval_prompts: Count = 300
     max_val_prompts: Count = 12
     # sampling
     iterations: Count = 2
@@ -198,11 +201,26 @@ class SimsConfig(BaseModel):
         "prompts have reference answers, else pmi)",
     )
     judge_options: Options = Field(default_factory=dict)
-    eval_samples: Count = 2
+    eval_samples: Count = 1
     controls: Flag = True
     control_temperature: Annotated[float, Field(strict=True, ge=0, le=10)] = 0.6
     best_of_n: Count0 = Field(4, description="best-of-N line: K base samples per prompt, the oracle picks one (0: off)")
-    best_of_n_prompts: Count = Field(100, description="held-out prompts the best-of-N line uses (it costs K answers each)")
+    best_of_n_prompts: Count = Field(
+        50, description="held-out prompts the best-of-N line uses (it costs K answers each)"
+    )
+    # lineage: a long-lived steering policy that scheduled runs advance (README, "Nightly runs")
+    lineage: Annotated[str, Field(strict=True, pattern=LINEAGE_NAME)] | None = Field(
+        None, description="advance this lineage: start from its current steering, draw new prompts, gate promotion"
+    )
+    lineage_prompts: Count | None = Field(
+        None, description="prompts a lineage run draws from its source (null: all unused)"
+    )
+    promotion: Literal["significant", "win_rate", "always"] = Field(
+        "significant", description="when a lineage run's steering replaces the current one (README)"
+    )
+    promotion_threshold: Annotated[float, Field(strict=True, ge=0, le=1)] = Field(
+        0.5, description="win rate to beat with promotion: win_rate"
+    )
     # run
     seed: Annotated[int, Field(strict=True)] = 0
     store: Text = "./runs"
@@ -356,7 +374,10 @@ class SimsConfig(BaseModel):
     def sampling(self) -> SamplingParams:
         """How every answer of the run is sampled (training samples, strength selection, eval)."""
         return SamplingParams(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            batch_size=self.batch_size,
         )
 
     def judge_for(self, has_references: bool) -> str:
@@ -385,10 +406,49 @@ class SimsConfig(BaseModel):
             return sorted(set(self.layers))
         return sorted({min(num_layers - 1, int(fraction * num_layers)) for fraction in (0.5, 0.6, 0.7)})
 
+    def changes_from(self, previous: Mapping[str, Any]) -> list[str]:
+        """The fields that differ from ``previous`` (a run's recorded config) and would make a run
+        recompute and overwrite what it trained: every field except those that only extend or
+        re-evaluate a run (`CONTINUATION_FIELDS`). Each as ``"name: old -> new"``."""
+        mine = self.to_dict()
+        try:
+            theirs = SimsConfig.from_dict({k: v for k, v in previous.items() if k in SimsConfig.model_fields}).to_dict()
+        except ConfigError:
+            theirs = dict(previous)
+        return [
+            f"{name}: {theirs.get(name)!r} -> {mine[name]!r}"
+            for name in SimsConfig.model_fields
+            if name not in CONTINUATION_FIELDS and theirs.get(name, mine[name]) != mine[name]
+        ]
+
     def hash_of(self, names: Iterable[str]) -> str:
         """A short stable hash of the named fields (what a phase depends on)."""
         data = self.to_dict()
         return canonical_hash({name: data[name] for name in sorted(names)})[:16]
+
+
+# Fields a run's config may change between two flow runs of the same run id: more iterations, another
+# evaluation, another engine. Any other change would recompute (and overwrite) what the run trained.
+CONTINUATION_FIELDS = frozenset(
+    {
+        "iterations",
+        "judge",
+        "judge_options",
+        "reference_column",
+        "eval_samples",
+        "max_eval_prompts",
+        "controls",
+        "control_temperature",
+        "best_of_n",
+        "best_of_n_prompts",
+        "promotion",
+        "promotion_threshold",
+        "store",
+        "shards",
+        "engine",
+        "engine_options",
+    }
+)
 
 
 # ---------------------------------------------------------------------------- error messages
@@ -402,6 +462,7 @@ _EXPECTED = {
     "tuple_type": "a list",
     "list_type": "a list",
     "string_too_short": "a non-empty string",
+    "string_pattern_mismatch": "a name of 1-64 letters, digits, '.', '_' or '-' starting with a letter or digit",
 }
 
 

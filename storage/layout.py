@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from sims_core.errors import ConfigError
+
 __all__ = [
     "PHASES",
     "PHASE_EXTENSIONS",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 PHASES: tuple[str, ...] = (
+    "lineage",
     "prompts",
     "baseline",
     "generations",
@@ -43,6 +46,7 @@ PHASES: tuple[str, ...] = (
     "activations",
     "steering",
     "eval",
+    "promotion",
 )
 PHASE_EXTENSIONS: dict[str, str] = {"steering": "safetensors"}
 MANIFEST_NAME = "manifest.json"
@@ -56,12 +60,14 @@ _EXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,15}$")
 
 
 def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a safe directory name, else raise ValueError saying why."""
+    """Return ``run_id`` if it is a safe directory name, else raise a `ConfigError` saying why."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id.startswith("iter="):
-        raise ValueError(
+        raise ConfigError(
             f"run_id {run_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    if run_id == "lineages":
+        raise ConfigError("run_id 'lineages' is reserved: the store keeps its lineages in that folder")
     return run_id
 
 

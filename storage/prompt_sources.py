@@ -123,6 +123,14 @@ def load_prompt_table(
     if source.startswith(HF_PREFIX):
         return _load_hf(source, wanted, split, require_reference, storage_options)
     fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    if any(c in path for c in "*?["):  # a glob: every matching file, in name order
+        files = sorted(f for f in fs.glob(path) if _extension(f) and not fs.isdir(f))
+        if not files:
+            raise NotFoundError(
+                f"prompt source {source!r} matches no {', '.join(SUPPORTED_EXTENSIONS)} file; a glob or folder "
+                "source reads every prompt file it names"
+            )
+        return _table(source, f"prompt files {source!r}", _read_files(fs, files, source), wanted, require_reference)
     if not fs.exists(path):
         raise NotFoundError(f"prompt file {source!r} does not exist")
     if fs.isdir(path):
@@ -130,11 +138,14 @@ def load_prompt_table(
             raise PromptSourceError(
                 f"prompt source {source!r} is a saved Hugging Face dataset directory: pass it as 'hf:{source}'"
             )
-        raise PromptSourceError(
-            f"prompt source {source!r} is a directory, not a file: give a "
-            f"{', '.join(SUPPORTED_EXTENSIONS)} file, or 'hf:{source}' for a dataset directory"
-        )
-    ext = next((e for e in SUPPORTED_EXTENSIONS if path.lower().endswith(e)), None)
+        files = sorted(f for f in fs.ls(path, detail=False) if _extension(f) and not fs.isdir(f))
+        if not files:
+            raise PromptSourceError(
+                f"prompt source {source!r} is a folder with no {', '.join(SUPPORTED_EXTENSIONS)} file (a folder or "
+                f"prefix source reads every prompt file in it; 'hf:{source}' reads a dataset directory)"
+            )
+        return _table(source, f"prompt folder {source!r}", _read_files(fs, files, source), wanted, require_reference)
+    ext = _extension(path)
     if ext is None:
         raise PromptSourceError(
             f"prompt file {source!r} has unsupported extension {os.path.splitext(path.lower())[1] or '(none)'}; "
@@ -143,6 +154,23 @@ def load_prompt_table(
         )
     data = _read_file(fs.cat_file(path), ext, source)
     return _table(source, f"prompt file {source!r}", data, wanted, require_reference)
+
+
+def _extension(path: str) -> str | None:
+    return next((e for e in SUPPORTED_EXTENSIONS if path.lower().endswith(e)), None)
+
+
+def _read_files(fs: Any, paths: list[str], source: str) -> dict[str, list[Any]]:
+    """The columns of several prompt files, concatenated in order (a column a file lacks is None
+    for its rows): a folder, prefix or glob of files that grows with new traffic."""
+    parts = [_read_file(fs.cat_file(p), _extension(p), fs.unstrip_protocol(p)) for p in paths]
+    columns = list(dict.fromkeys(c for part in parts for c in part))
+    out: dict[str, list[Any]] = {c: [] for c in columns}
+    for part in parts:
+        rows = len(next(iter(part.values()), []))
+        for c in columns:
+            out[c] += part.get(c, [None] * rows)
+    return out
 
 
 def _read_file(raw: bytes, ext: str, source: str) -> dict[str, list[Any]]:

@@ -36,15 +36,15 @@ EVAL_FIELDS = (
 
 
 def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:
-    """The eval artifact's summary rows as a wide table: one row per condition (numbers, and the
-    text metrics such as the verdict)."""
+    """The eval artifact's summary rows as a wide table: one row per condition, numbers and text
+    metrics (the verdict and what it rests on) side by side."""
     part = frame[frame["kind"] == "summary"]
     order = list(dict.fromkeys(part["condition"]))
     wide = part.pivot_table(index="condition", columns="metric", values="value", sort=False, dropna=False)
     if "text" in part.columns:
         texts = part[part["text"].notna()]
-        if len(texts):
-            wide = wide.join(texts.pivot(index="condition", columns="metric", values="text"), rsuffix="_text")
+        for metric, group in texts.groupby("metric"):
+            wide[metric] = group.set_index("condition")["text"].reindex(wide.index)
     wide = wide.reindex(order)
     wide.columns.name = None
     return wide.reset_index()

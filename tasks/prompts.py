@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from sims_core.errors import UserError
 from sims_core.oracles import oracle_info
 from sims_core.prompts import PromptRecord, make_prompt_records, records_to_rows, sample_prompts, split_prompts
 from storage import load_prompt_table
@@ -19,11 +22,18 @@ PROMPT_COLUMNS = ("prompt_id", "prompt", "category", "split", "reference")
 
 
 @task(name="prompts", cache_policy=NO_CACHE)
-def prompts_phase(ctx: PhaseContext, split_uri: str | None = None) -> str:
-    """Iteration 0: load the prompt source and split it into train / val / eval. Iteration t:
+def prompts_phase(ctx: PhaseContext, split_uri: str | None = None, lineage_uri: str | None = None) -> str:
+    """Iteration 0: load the prompt source and split it into train / val / eval (for a lineage run,
+    only prompts no earlier run of the lineage drew, at most ``lineage_prompts``). Iteration t:
     choose the iteration's N training prompts from the split (seeded by run seed and iteration)."""
     if ctx.iteration == 0:
-        result = run_phase(ctx, "prompts", depends_on=SPLIT_FIELDS, inputs={}, compute=lambda: _split(ctx))
+        result = run_phase(
+            ctx,
+            "prompts",
+            depends_on=SPLIT_FIELDS + ("lineage_prompts",),
+            inputs={"lineage": lineage_uri} if lineage_uri else {},
+            compute=lambda: _split(ctx, lineage_uri),
+        )
     else:
         if split_uri is None:
             raise ValueError(f"iteration {ctx.iteration} prompts need the split of iteration 0 (split_uri)")
@@ -37,7 +47,7 @@ def prompts_phase(ctx: PhaseContext, split_uri: str | None = None) -> str:
     return result.state(result.uri)
 
 
-def _split(ctx: PhaseContext) -> dict:
+def _split(ctx: PhaseContext, lineage_uri: str | None) -> dict:
     cfg = ctx.config
     log = phase_logger()
     source = load_prompt_table(
@@ -50,6 +60,24 @@ def _split(ctx: PhaseContext) -> dict:
     records, report = make_prompt_records(source.texts, source.categories, source.references)
     if report.n_dropped:
         log.warning("prompts from %s: %s", cfg.prompts, report.message)
+    if lineage_uri is not None:
+        used = set(json.loads(ctx.store.read_bytes(lineage_uri))["used_prompt_ids"])
+        fresh = [r for r in records if r.prompt_id not in used][: cfg.lineage_prompts]
+        log.info(
+            "lineage %s: %d of %d prompts from %s are new (earlier runs drew %d); this run draws %d",
+            cfg.lineage,
+            sum(r.prompt_id not in used for r in records),
+            len(records),
+            cfg.prompts,
+            len(used),
+            len(fresh),
+        )
+        if not fresh:
+            raise UserError(
+                f"lineage {cfg.lineage!r}: every prompt of {cfg.prompts!r} was drawn by an earlier run; add new "
+                "prompts to the source (a file, folder or glob that grows with new traffic)"
+            )
+        records = fresh
     records = split_prompts(records, eval_fraction=cfg.eval_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
     counts = pd.Series([r.split for r in records]).value_counts().to_dict()
     log.info("prompts: %d from %s, split %s", len(records), cfg.prompts, counts)
@@ -60,7 +88,8 @@ def _sample(ctx: PhaseContext, split_uri: str) -> dict:
     cfg = ctx.config
     frame = ctx.store.read_frame(split_uri, "prompts")
     train = frame[frame["split"] == "train"]
-    records = [PromptRecord(**row) for row in train[list(PROMPT_COLUMNS)].to_dict("records")]
+    columns = train[list(PROMPT_COLUMNS)].astype(object)
+    records = [PromptRecord(**row) for row in columns.where(columns.notna(), None).to_dict("records")]
     sample = sample_prompts(records, cfg.num_prompts, seed=cfg.seed, iteration=ctx.iteration)
     if sample.shortfall:
         phase_logger().warning("iteration %d: %s", ctx.iteration, sample.message)

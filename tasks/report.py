@@ -42,12 +42,8 @@ _STEERED_ONLY = (
 
 
 def _value(summary: pd.DataFrame, condition: str, metric: str) -> object:
-    row = summary.loc[condition]
-    for name in (f"{metric}_text", metric):  # text metrics (the verdict) may sit beside a NaN number
-        if name in row.index and isinstance(row[name], str):
-            return row[name]
-    value = row.get(metric, float("nan"))
-    return float(value) if isinstance(value, (int, float)) else value
+    value = summary.loc[condition].get(metric, float("nan"))
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:

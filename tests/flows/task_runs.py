@@ -33,7 +33,7 @@ def executions(run_id: str) -> Counter[tuple[int, str]]:
     counts: Counter[tuple[int, str]] = Counter()
     for run in runs:
         name, _, iteration = run.name.rpartition("-iter-")
-        if not name or name.startswith("dispatch-") or name == "report" or run.state.name == "Cached":
+        if not name or name.startswith("dispatch-") or name in ("report", "publish") or run.state.name == "Cached":
             continue
         counts[(int(iteration), name)] += max(run.run_count, 1)
     return counts
