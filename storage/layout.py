@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import re
 
+from sims_core.errors import UserError
+
 __all__ = [
     "PHASES",
     "PHASE_EXTENSIONS",
@@ -55,9 +57,10 @@ _EXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,15}$")
 
 
 def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a safe directory name, else raise ValueError saying why."""
+    """Return ``run_id`` if it is a safe directory name, else raise a `UserError` (a ValueError)
+    saying why."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id.startswith("iter="):
-        raise ValueError(
+        raise UserError(
             f"run_id {run_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
