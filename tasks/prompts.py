@@ -53,7 +53,13 @@ def _split(ctx: PhaseContext) -> dict:
     records, report = make_prompt_records(source.texts, source.categories)
     if report.n_dropped:
         log.warning("prompts from %s: %s", cfg.prompts, report.message)
-    records = split_prompts(records, eval_fraction=cfg.eval_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    records = split_prompts(
+        records,
+        eval_fraction=cfg.eval_fraction,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        allow_empty_splits=False,  # a run needs all three; the advice must be one the config accepts
+    )
     counts = pd.Series([r.split for r in records]).value_counts().to_dict()
     log.info("prompts: %d from %s, split %s", len(records), cfg.prompts, counts)
     return {"prompts": ctx.store.write_table(ctx.uri("prompts", iteration=0), _frame(records), "prompts")}
