@@ -452,9 +452,8 @@ def _interrupted(args: argparse.Namespace, signum: int) -> str:
 
 def _release_locks() -> None:
     """The forced-exit path: release the run locks this process holds."""
-    from flows.self_improve import held_locks
-
-    for lock in held_locks():
+    module = sys.modules.get("flows.self_improve")  # not imported: no flow ran, no lock is held
+    for lock in module.held_locks() if module is not None else []:
         with contextlib.suppress(Exception):
             lock.release()
 

@@ -12,9 +12,9 @@ server, and user errors without tracebacks on the terminal.
 - `ProcessGuard`: SIGINT and SIGTERM stop the run. The first one asks the models to stop at
   their next forward pass (`tasks.runtime.request_stop`) and raises `KeyboardInterrupt` (or
   `Terminated`, one for SIGTERM) in the main thread, so the flow records the crash and releases
-  the run lock on its way out; the CLI then exits 130 (SIGINT) or 143 (SIGTERM). If the process
-  is still there `grace_s` seconds later, or a second signal comes, it releases the run locks it
-  holds, stops the server and exits at once.
+  the run lock on its way out; the CLI then exits 130 (SIGINT) or 143 (SIGTERM). If the command
+  has not ended `grace_s` seconds later (something ignores the interrupt), or a second signal
+  comes, it releases the run locks it holds, stops the server and exits at once.
 - `quiet_user_errors`: Prefect logs a failed flow or task with its traceback; on the terminal the
   traceback of a user error (or of an interruption) is left out: the CLI prints the error as one
   sentence, and the flow run's log in Prefect keeps the traceback.
@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -172,6 +171,7 @@ class ProcessGuard:
         self.describe, self.on_force, self.grace_s = describe, on_force, grace_s
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._done = threading.Event()
 
     def __enter__(self) -> ProcessGuard:
         if threading.current_thread() is threading.main_thread():
@@ -180,6 +180,7 @@ class ProcessGuard:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self._done.set()  # the command has ended: the watchdog stands down
         for signum, previous in self._previous.items():
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, previous)
@@ -196,8 +197,8 @@ class ProcessGuard:
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
     def _watchdog(self, signum: int) -> None:
-        time.sleep(self.grace_s)
-        self.force_exit(signum)
+        if not self._done.wait(self.grace_s):
+            self.force_exit(signum)
 
     def force_exit(self, signum: int) -> None:
         """Release the locks, stop the server, say so and exit with the signal's status, now."""

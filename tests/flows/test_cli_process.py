@@ -164,3 +164,36 @@ def test_a_user_mistake_in_the_installed_script_is_one_line(tmp_path, prefect_ho
         "got 'float8'"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even the store folder
+
+
+GUARDED = """
+import sys, time
+from flows.guard import ProcessGuard
+guard = ProcessGuard(lambda signum: f"forced out by {signum}", lambda: print("locks released", flush=True), grace_s=GRACE)
+with guard:
+    print("ready", flush=True)
+    while True:
+        try:
+            time.sleep(60)
+        except KeyboardInterrupt:  # code that swallows the interrupt and keeps going
+            print("interrupt swallowed", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("grace", "signals"), [(1.0, 1), (600.0, 2)])
+def test_a_run_that_does_not_stop_is_forced_out_by_the_watchdog_or_a_second_signal(prefect_home, grace, signals):
+    process = subprocess.Popen(
+        [sys.executable, "-c", GUARDED.replace("GRACE", str(grace))],
+        env=sims_env(prefect_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout.readline().strip() == "ready"
+    for _ in range(signals):
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert out.splitlines() == ["interrupt swallowed", "locks released"]
+    assert err.strip() == f"forced out by {int(signal.SIGINT)}"
