@@ -16,9 +16,10 @@ where it stopped, and asking a finished run for more iterations continues from i
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
-import socket
+import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,18 +32,22 @@ from prefect.artifacts import (
 )
 
 import sims_core
+from flows.preflight import check_iterations, preflight
 from sims_core.config import SimsConfig
 from sims_core.errors import ConfigError
 from sims_core.evaluation import CONTROLS
-from storage import ArtifactStore, Manifest, validate_run_id
+from storage import ArtifactStore, Manifest, RunLock, validate_run_id
 from tasks.buffer import buffer_phase
 from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
 from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import prompts_phase
 from tasks.report import write_report
+from tasks.runtime import clear_stop
 
-__all__ = ["new_run_id", "run_tag", "self_improve"]
+__all__ = ["held_locks", "new_run_id", "run_lock", "run_tag", "self_improve"]
+
+_HELD: dict[tuple[str, str], RunLock] = {}  # the run locks this process holds, by (store URL, run id)
 
 
 def new_run_id() -> str:
@@ -108,6 +113,34 @@ def run_tag(run_id: str) -> str:
     return f"sims-run:{run_id}"
 
 
+@contextlib.contextmanager
+def run_lock(store: ArtifactStore, run_id: str, holder: str) -> Iterator[RunLock]:
+    """Hold the run's lock (`storage.RunLock`), re-entrantly within this process: the CLI takes
+    it before it starts the flow (so that a second writer is refused before any work, and the
+    lock is released on Ctrl-C), and the flow's own acquisition then reuses it."""
+    key = (store.url, run_id)
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    lock = store.lock(run_id, holder=holder)  # the lock records pid, host and time itself
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lock.acquire()
+    for warning in caught:  # a stale lock taken over: say so in the run's log
+        phase_logger().warning("%s", warning.message)
+    _HELD[key] = lock
+    try:
+        yield lock
+    finally:
+        _HELD.pop(key, None)
+        lock.release()
+
+
+def held_locks() -> list[RunLock]:
+    """The run locks this process holds (what an interrupted CLI releases before it exits)."""
+    return list(_HELD.values())
+
+
 def _artifact_key(run_id: str, suffix: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     clean = "".join(c if c.isalnum() else "-" for c in run_id.lower()).strip("-")
@@ -124,11 +157,16 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
     unless ``force`` says the recomputation is deliberate."""
     config = SimsConfig.from_dict(config if config is not None else {})
     run_id = validate_run_id(run_id or default_run_id(config))
+    clear_stop()
+    preflight(config, run_id)  # a no-op when the CLI has just checked the same run (deployments get it here)
     check_engine(config)
     log = phase_logger()
     artifact_store = ArtifactStore.open(config.store)
-    holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
-    with artifact_store.lock(run_id, holder=holder):
+    with run_lock(artifact_store, run_id, holder="self-improve flow"):
+        for leftover in artifact_store.sweep(run_id):  # temporaries of a writer killed mid-write
+            log.info("removed %s, left by an interrupted write", leftover)
+        if artifact_store.exists(artifact_store.manifest_uri(run_id)):
+            check_iterations(Manifest.load(artifact_store, run_id), config.iterations)
         _refuse_incompatible_reuse(artifact_store, run_id, config, force)
         _crash_stale_subflows(run_id)
         Manifest.load_or_create(artifact_store, run_id, config=config.to_dict(), sims_version=sims_core.__version__)

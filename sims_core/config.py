@@ -47,6 +47,8 @@ Options = dict[str, Any]
 
 ENGINES = ("threads", "dask", "ray", "deployment")
 LINEAGE_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DEFAULT_DEPLOYMENT = "sims-phase/gpu"
 
 
@@ -253,6 +255,20 @@ class SimsConfig(BaseModel):
             data["engine_options"] = options
         return data
 
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {value!r}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not _DEVICE.match(value):
+            raise ValueError(f"device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {value!r}")
+        return value
+
     @field_validator("learner")
     @classmethod
     def _known_learner(cls, value: str) -> str:
@@ -296,6 +312,15 @@ class SimsConfig(BaseModel):
             raise ValueError("layers must be null (automatic) or a non-empty list of layer indices >= 0, got []")
         if self.alphas is not None and not self.alphas:
             raise ValueError("alphas must be null (the learner's default grid) or a non-empty list of positive numbers")
+        batches = self.generation_batches
+        if self.shards > batches:
+            per_batch = max(1, self.batch_size // self.num_samples)
+            raise ValueError(
+                f"shards={self.shards} is more than the work can use: an iteration's {self.num_prompts} prompts make "
+                f"{batches} generation batch(es) of up to {per_batch} prompts (batch_size={self.batch_size} // "
+                f"num_samples={self.num_samples}) and a shard computes whole batches; use at most {batches} shard(s), "
+                "or a smaller batch_size"
+            )
         return self
 
     # ---------------------------------------------------------------- building
@@ -386,6 +411,13 @@ class SimsConfig(BaseModel):
         if self.judge != "auto":
             return self.judge
         return "reference" if has_references else "pmi"
+
+    @property
+    def generation_batches(self) -> int:
+        """How many generation batches (canonical groups of ``batch_size // num_samples`` prompts)
+        an iteration's prompts make at most: the most shards the sharded phases can use."""
+        per_batch = max(1, self.batch_size // self.num_samples)
+        return -(-self.num_prompts // per_batch)
 
     @property
     def token_level(self) -> bool:

@@ -140,7 +140,7 @@ def _check_context(lm: LanguageModel, lengths: list[int], extra: int, what: str)
         return
     for index, length in enumerate(lengths):
         if length + extra > limit:
-            raise ValueError(
+            raise UserError(
                 f"{what}[{index}] is {length} tokens after chat formatting; with {extra} more tokens it "
                 f"exceeds the model's context window of {limit}. Shorten it (sims refuses rather than "
                 "truncating silently)"

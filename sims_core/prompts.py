@@ -40,6 +40,7 @@ __all__ = [
     "PromptRecord",
     "PromptReport",
     "PromptSample",
+    "PromptSplitError",
     "default_prompts",
     "make_prompt_records",
     "normalize_prompt",
@@ -293,11 +294,39 @@ def split_counts(records: Iterable[PromptRecord]) -> dict[str, int]:
     return counts
 
 
+class PromptSplitError(UserError):
+    """A prompt set too small for the split: one of train, val or eval would be empty."""
+
+
+def _split_of(u: float, eval_fraction: float, val_fraction: float) -> str:
+    return "eval" if u < eval_fraction else "val" if u < eval_fraction + val_fraction else "train"
+
+
+def _working_fractions(units: Sequence[float], eval_fraction: float, val_fraction: float) -> tuple[float, float] | None:
+    """The (eval_fraction, val_fraction) nearest the given ones, on a grid of 0.05 with each
+    fraction > 0 and their sum < 0.9 (what `SimsConfig` accepts), that leaves every split
+    non-empty for prompts with these hash units; None when no such pair exists."""
+    grid = [round(0.05 * k, 2) for k in range(1, 18)]
+    best: tuple[float, float, float] | None = None
+    for e in grid:
+        for v in grid:
+            if e + v >= 0.9 - 1e-9:
+                continue
+            if {_split_of(u, e, v) for u in units} != set(SPLITS):
+                continue
+            distance = abs(e - eval_fraction) + abs(v - val_fraction)
+            if best is None or distance < best[0] - 1e-12:
+                best = (distance, e, v)
+    return None if best is None else (best[1], best[2])
+
+
 def split_prompts(
     records: Sequence[PromptRecord],
     eval_fraction: float = 0.25,
     val_fraction: float = 0.15,
     seed: int = 0,
+    *,
+    allow_empty_splits: bool = True,
 ) -> list[PromptRecord]:
     """Assign each record to ``"train"``, ``"val"`` or ``"eval"``; returns new records.
 
@@ -306,9 +335,12 @@ def split_prompts(
     val_fraction``, else to train. So the split of a prompt does not change with the order of
     the records or with which other prompts are present, and fractions are met only on average.
 
-    Raises ``ValueError`` for fractions outside [0, 1) or summing to 1 or more, and when a split
-    with a positive fraction would be empty (naming the split and the counts). A fraction of 0
-    means that split is intentionally empty. Output keeps input order.
+    Raises ``ValueError`` for fractions outside [0, 1) or summing to 1 or more, and a
+    `PromptSplitError` when a split with a positive fraction would be empty (naming the split and
+    the counts, with advice that works: fractions that fill every split with these prompts, or
+    how many prompts to add). A fraction of 0 means that split is intentionally empty; with
+    ``allow_empty_splits=False`` (a SIMS run, which needs all three) the advice never suggests it.
+    Output keeps input order.
     """
     for name, value in (("eval_fraction", eval_fraction), ("val_fraction", val_fraction)):
         if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -321,23 +353,30 @@ def split_prompts(
     if not records:
         raise ValueError("records is empty: nothing to split")
     _check_unique_ids(records, "split_prompts")
-    out: list[PromptRecord] = []
-    for r in records:
-        u = _unit("split", seed, r.prompt_id)
-        split = "eval" if u < eval_fraction else "val" if u < eval_fraction + val_fraction else "train"
-        out.append(replace(r, split=split))
+    units = [_unit("split", seed, r.prompt_id) for r in records]
+    out = [replace(r, split=_split_of(u, eval_fraction, val_fraction)) for r, u in zip(records, units)]
     counts = split_counts(out)
     fractions = {"train": 1.0 - eval_fraction - val_fraction, "val": val_fraction, "eval": eval_fraction}
     for name in SPLITS:
         if fractions[name] > 0 and counts[name] == 0:
             shown = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
-            hint = (
-                "add prompts or lower eval_fraction/val_fraction"
-                if name == "train"
-                else f"add prompts, raise {name}_fraction, or set {name}_fraction=0 to have no {name} split"
-            )
-            raise ValueError(
-                f"split {name!r} would be empty with {len(out)} prompt{'s' if len(out) != 1 else ''}"
+            n = len(out)
+            if not allow_empty_splits and n < len(SPLITS):
+                hint = (
+                    f"add prompts: a run needs at least {len(SPLITS)} distinct prompts (one each for train, val and "
+                    "eval), and in practice dozens"
+                )
+            else:
+                working = _working_fractions(units, eval_fraction, val_fraction)
+                hint = "add prompts"
+                if working is not None:
+                    hint += f", or set eval_fraction={working[0]:g} and val_fraction={working[1]:g} (every split then has a prompt)"
+                elif name == "train":
+                    hint += " or lower eval_fraction/val_fraction"
+                if allow_empty_splits and name != "train":
+                    hint += f", or set {name}_fraction=0 to have no {name} split"
+            raise PromptSplitError(
+                f"split {name!r} would be empty with {n} prompt{'s' if n != 1 else ''}"
                 f" ({shown}; eval_fraction={eval_fraction}, val_fraction={val_fraction}, "
                 f"seed={seed}): {hint}"
             )

@@ -34,7 +34,7 @@ from .layout import validate_run_id
 from .manifest import utc_now
 from .store import TEMP_MARKER, ArtifactStore
 
-__all__ = ["LockInfo", "RunLock", "RunLockedError", "read_lock", "break_lock"]
+__all__ = ["LockInfo", "RunLock", "RunLockedError", "break_lock", "check_unlocked", "is_stale", "read_lock"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ class RunLockedError(UserError):
         self.lock_uri = lock_uri
         self.info = info
         super().__init__(
-            f"run {run_id!r} is locked by {info.describe()}. If no process is working on this "
-            f"run any more, delete {lock_uri} (storage.lock.break_lock) or take the lock over "
-            "with RunLock(..., force=True)."
+            f"run {run_id!r} is locked by {info.describe()}; if no process is working on this run any more, "
+            f"break the lock with `sims unlock {run_id}` (storage.lock.break_lock: it deletes {lock_uri}) or "
+            "take it over with RunLock(..., force=True)"
         )
 
 
@@ -99,6 +99,28 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return True
+
+
+def is_stale(info: LockInfo | None) -> bool:
+    """Whether a lock can be taken over without asking: there is none, the file is empty or
+    garbage, or its process died on this host. (A lock held on another host is never stale
+    here: its pid cannot be checked.)"""
+    if info is None or not info.readable:
+        return True
+    return info.hostname == socket.gethostname() and info.pid != os.getpid() and not _pid_alive(info.pid)
+
+
+def check_unlocked(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
+    """Raise `RunLockedError` naming the holder when another live writer holds the run's lock,
+    without taking it (a preflight check: nothing is written). Returns a stale lock's holder
+    (which `RunLock` will take over with a warning), else None."""
+    store = ArtifactStore.open(store)
+    info = read_lock(store, run_id)
+    if info is not None and info.readable and info.hostname == socket.gethostname() and info.pid == os.getpid():
+        return None  # this process holds it (the CLI took it before starting the flow)
+    if is_stale(info):
+        return info
+    raise RunLockedError(run_id, store.lock_uri(run_id), info)
 
 
 def read_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:

@@ -168,7 +168,8 @@ class Manifest:
     def _damaged(self, source: str, why: str) -> ManifestDamagedError:
         return ManifestDamagedError(
             f"{source} is damaged ({why}): rebuild the manifest of run {self.run_id!r} from its artifacts with "
-            "storage.Manifest.rebuild (phases whose outputs cannot be verified are computed again)"
+            f"`sims repair {self.run_id}` (storage.Manifest.rebuild; phases whose outputs cannot be verified are "
+            "computed again)"
         )
 
     def _parse(self, raw: bytes, source: str) -> Any:

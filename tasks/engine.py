@@ -30,6 +30,7 @@ from tasks.eval import eval_phase
 from tasks.generations import generations_phase
 from tasks.phase import PhaseContext, phase_logger
 from tasks.rankings import rankings_phase
+from tasks.runtime import request_stop
 from tasks.steering import steering_phase
 
 __all__ = [
@@ -226,13 +227,18 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
         )
         futures.append(_submit(config, configured, ctx, call))
     results, failures = [], []
-    for name, future in zip(names, futures):
-        future.wait()
-        if future.state.is_completed():
-            results.append(future.result())
-        else:
-            failures.append((name, future.result(raise_on_failure=False)))
-            results.append(None)
+    try:
+        for name, future in zip(names, futures):
+            future.wait()
+            if future.state.is_completed():
+                results.append(future.result())
+            else:
+                failures.append((name, future.result(raise_on_failure=False)))
+                results.append(None)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM while shards compute: stop them at their next forward
+            request_stop()
+        raise
     if failures:
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures)
         phase_logger().error(

@@ -78,7 +78,13 @@ def _split(ctx: PhaseContext, lineage_uri: str | None) -> dict:
                 "prompts to the source (a file, folder or glob that grows with new traffic)"
             )
         records = fresh
-    records = split_prompts(records, eval_fraction=cfg.eval_fraction, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    records = split_prompts(
+        records,
+        eval_fraction=cfg.eval_fraction,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        allow_empty_splits=False,  # a run needs all three; the advice must be one the config accepts
+    )
     counts = pd.Series([r.split for r in records]).value_counts().to_dict()
     log.info("prompts: %d from %s, split %s", len(records), cfg.prompts, counts)
     return {"prompts": ctx.store.write_table(ctx.uri("prompts", iteration=0), records_to_rows(records), "prompts")}

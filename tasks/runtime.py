@@ -4,6 +4,10 @@ Loading the embedded model takes ~1 s from its cached float32 copy (~30 s the ve
 every task of a flow run in the same process reuses one instance. All of it lives in one
 `WorkerRuntime` object per process (`runtime()`), so there is one place that holds it and one
 `clear()` that frees it.
+
+Stopping: `request_stop` (the CLI calls it on Ctrl-C or SIGTERM) makes every forward pass of a
+model loaded here raise `RunInterrupted` in whichever thread runs it, so that shards computing in
+worker threads stop within one forward instead of finishing their batch; `clear_stop` re-arms.
 """
 
 from __future__ import annotations
@@ -15,12 +19,34 @@ from typing import Any
 
 from sims_core import LanguageModel, load_model, steer
 from sims_core.config import SimsConfig
+from sims_core.errors import SimsError
 from sims_core.hashing import canonical_json
 from sims_core.oracles import Oracle, get_oracle, oracle_info
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
-__all__ = ["WorkerRuntime", "load_steering", "policy", "runtime"]
+__all__ = ["RunInterrupted", "WorkerRuntime", "clear_stop", "load_steering", "policy", "request_stop", "runtime"]
+
+_STOP = threading.Event()
+
+
+class RunInterrupted(SimsError):
+    """The run was asked to stop (Ctrl-C, SIGTERM) while this computation was running."""
+
+
+def request_stop() -> None:
+    """Make every forward pass of a model loaded by this process's runtime raise `RunInterrupted`."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    """Let models run again (a new run starts in this process)."""
+    _STOP.clear()
+
+
+def _stop_check(module: Any, args: Any) -> None:
+    if _STOP.is_set():
+        raise RunInterrupted("the run was interrupted (Ctrl-C or SIGTERM) during a forward pass")
 
 
 class WorkerRuntime:
@@ -47,9 +73,11 @@ class WorkerRuntime:
         key = (config.model, config.device, config.dtype, config.system_prompt)
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_model(
+                lm = load_model(
                     config.model, device=config.device, dtype=config.dtype, system_prompt=config.system_prompt
                 )
+                lm.model.register_forward_pre_hook(_stop_check)  # reads one flag; changes nothing
+                self._models[key] = lm
             return self._models[key]
 
     def oracle(self, name: str, options: dict[str, Any], lm: LanguageModel) -> Oracle:

@@ -34,7 +34,7 @@ import inspect
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -47,6 +47,7 @@ __all__ = [
     "OracleError",
     "OracleInfo",
     "PairwiseJudge",
+    "check_oracle",
     "check_scores",
     "get_oracle",
     "known_oracles",
@@ -301,6 +302,37 @@ def oracle_info(name: str) -> OracleInfo:
     `SumOracle` carries the ones its components give it."""
     factory = oracle_factory(name)
     return OracleInfo(name=name, plugin=_PLUGIN_SOURCES.get(name), **oracle_capabilities(factory))
+
+
+def check_oracle(name: str, options: Mapping[str, Any] | None = None, *, field: str = "oracle") -> OracleInfo:
+    """Check, without building it (no model is loaded), that oracle ``name`` can be built with
+    ``options`` in a run: the name is registered, the options fit its signature (a model-based
+    oracle receives the run's model, so ``lm`` need not be given), and an oracle class that
+    defines ``check_options(**options)`` accepts them (``callable`` imports its function and
+    tries it on a probe answer; ``sum`` checks each component). Returns its capabilities; an
+    `OracleError` names ``field`` (``oracle`` or ``judge``) and what is wrong."""
+    if not isinstance(options, Mapping):
+        raise OracleError(f"{field}_options must be a mapping of option: value, got {options!r:.80}")
+    factory = oracle_factory(name)
+    info = oracle_info(name)
+    kwargs = dict(options)
+    if info.uses_policy_model and "lm" not in kwargs and "model" not in kwargs:
+        kwargs["lm"] = None  # the run supplies its model
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        allowed = [p for p in inspect.signature(factory).parameters if p not in ("self", "lm")]
+        raise OracleError(
+            f"{field}_options {dict(options)} do not fit {field} {name!r} ({exc}); its options are: "
+            f"{', '.join(allowed) or 'none'}"
+        ) from None
+    check = getattr(factory, "check_options", None)
+    if callable(check):
+        try:
+            check(**dict(options))
+        except OracleError as exc:
+            raise OracleError(f"{field} {name!r}: {exc}") from None
+    return info
 
 
 def get_oracle(name: str, **options: Any) -> Oracle:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter
 from importlib import resources
 
@@ -130,9 +131,37 @@ def test_split_refuses_an_empty_split_and_names_it():
         split_prompts(four, seed=0)
     assert str(info.value) == (
         "split 'val' would be empty with 4 prompts (train 4, val 0, eval 0; eval_fraction=0.25, "
-        "val_fraction=0.15, seed=0): add prompts, raise val_fraction, or set val_fraction=0 to "
-        "have no val split"
+        "val_fraction=0.15, seed=0): add prompts, or set eval_fraction=0.55 and val_fraction=0.15 (every split "
+        "then has a prompt), or set val_fraction=0 to have no val split"
     )
+
+
+@pytest.mark.parametrize("texts", [["a", "b", "c", "d"], ["What is 2+2?", "Name a colour.", "Write a haiku."]])
+def test_the_advice_of_a_split_error_works_and_never_suggests_what_a_run_refuses(texts):
+    from sims_core.config import SimsConfig
+    from sims_core.prompts import PromptSplitError
+
+    records, _ = make_prompt_records(texts)
+    with pytest.raises(PromptSplitError) as info:
+        split_prompts(records, seed=0, allow_empty_splits=False)
+    message = str(info.value)
+    assert "=0 " not in message and not message.endswith("=0")
+    suggested = dict(re.findall(r"(eval_fraction|val_fraction)=([0-9.]+) ", message.split(": ", 1)[1] + " "))
+    fractions = {k: float(v) for k, v in suggested.items()}
+    assert set(fractions) == {"eval_fraction", "val_fraction"}
+    SimsConfig(**fractions)  # the config accepts the advice ...
+    assert {r.split for r in split_prompts(records, seed=0, **fractions)} == {
+        "train",
+        "val",
+        "eval",
+    }  # ... and it works
+
+
+def test_too_few_distinct_prompts_for_a_run_say_how_many_are_needed():
+    records, report = make_prompt_records(["the same prompt"] * 60)
+    assert report.n_duplicates == 59
+    with pytest.raises(ValueError, match="a run needs at least 3 distinct prompts"):
+        split_prompts(records, allow_empty_splits=False)
 
 
 def test_split_zero_fraction_means_no_such_split():

@@ -208,8 +208,8 @@ def test_an_unreadable_manifest_names_the_file_and_rebuild_keeps_what_it_can_ver
     msg = str(err.value)
     assert msg.startswith(f"{store.manifest_uri('r1')} is damaged (")
     assert msg.endswith(
-        "rebuild the manifest of run 'r1' from its artifacts with storage.Manifest.rebuild (phases whose outputs "
-        "cannot be verified are computed again)"
+        "rebuild the manifest of run 'r1' from its artifacts with `sims repair r1` (storage.Manifest.rebuild; "
+        "phases whose outputs cannot be verified are computed again)"
     )
     with pytest.raises(ManifestDamagedError):
         Manifest.load_or_create(store, "r1")
