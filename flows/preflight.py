@@ -63,19 +63,22 @@ def _check_model(cfg: SimsConfig) -> ModelFacts:
 
 
 def _check_oracles(cfg: SimsConfig, table: PromptTable) -> None:
+    complete = table.references is not None and None not in table.references
+    judge_name = cfg.judge_for(complete)  # "auto": the reference judge when every prompt has a reference
     check_oracle(cfg.oracle, cfg.oracle_options, field="oracle")
-    judge = check_oracle(cfg.judge, cfg.judge_options, field="judge")
+    judge = check_oracle(judge_name, cfg.judge_options, field="judge")
     if not judge.can_judge:
         able = [name for name in known_oracles() if name not in ("callable", "sum") and oracle_info(name).can_judge]
         raise OracleError(
-            f"judge {cfg.judge!r} cannot judge a pair of answers (it scores samples against each other); "
+            f"judge {judge_name!r} cannot judge a pair of answers (it scores samples against each other); "
             f"use it as the oracle and judge with one of {able}"
         )
-    for field, name in (("oracle", cfg.oracle), ("judge", cfg.judge)):
-        if oracle_info(name).needs_reference and (table.references is None or None in table.references):
+    for field, name in (("oracle", cfg.oracle), ("judge", judge_name)):
+        if oracle_info(name).needs_reference and not complete:
             missing = "has no reference column" if table.references is None else "lacks some reference answers"
             raise OracleError(
-                f"{field} {name!r} needs a reference answer for every prompt, but prompts {cfg.prompts!r} {missing}"
+                f"{field} {name!r} needs a reference answer for every prompt, but prompts {cfg.prompts!r} {missing} "
+                f"(column {cfg.reference_column!r})"
             )
 
 
@@ -150,7 +153,9 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
 
     check_engine(cfg, with_api=False)  # the flow checks a deployment engine's deployment on its API
     _check_store(cfg, run_id)
-    table = load_prompt_table(cfg.prompts, column=cfg.prompt_column, split=cfg.prompt_split)
+    table = load_prompt_table(
+        cfg.prompts, column=cfg.prompt_column, reference_column=cfg.reference_column, split=cfg.prompt_split
+    )
     prompts = _check_prompts(cfg, table)
     if cfg.engine != "deployment":  # else the model and the oracles live on the GPU pool's hosts, not here
         facts = _check_model(cfg)

@@ -158,8 +158,8 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
     config = SimsConfig.from_dict(config if config is not None else {})
     run_id = validate_run_id(run_id or default_run_id(config))
     clear_stop()
+    check_engine(config)  # with the API: a deployment engine's phase deployment exists (the CLI cannot see it)
     preflight(config, run_id)  # a no-op when the CLI has just checked the same run (deployments get it here)
-    check_engine(config)
     log = phase_logger()
     artifact_store = ArtifactStore.open(config.store)
     with run_lock(artifact_store, run_id, holder="self-improve flow"):

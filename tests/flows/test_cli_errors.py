@@ -99,7 +99,7 @@ def user_module(tmp_path, monkeypatch):
         ),
         (["oracle=callable", "oracle_options={function: 'math:sqrt'}"], ["'math:sqrt' failed on a probe answer"]),
         (["judge=consensus"], ["judge 'consensus' cannot judge a pair of answers"]),
-        (["judge_options={colour: blue}"], ["judge_options {'colour': 'blue'} do not fit judge 'pmi'"]),
+        (["judge_options={colour: blue}"], ["judge_options {'colour': 'blue'} do not fit judge 'reference'"]),
         (["oracle=sum", "oracle_options={oracles: [{name: pmi}, {name: oracle_of_delphi}]}"], ["'oracle_of_delphi'"]),
     ],
 )

@@ -119,7 +119,7 @@ def test_a_signal_stops_the_run_releases_the_lock_and_leaves_no_process(
 
     if signum == signal.SIGTERM:  # the interrupted run resumes to its end
         done = subprocess.run(
-            [SIMS, "resume", run_id, "--store", str(store), "--set", "max_new_tokens=4"],
+            [SIMS, "resume", run_id, "--store", str(store)],
             cwd=tmp_path,
             env=sims_env(prefect_home),
             capture_output=True,

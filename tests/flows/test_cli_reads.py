@@ -152,7 +152,7 @@ def test_a_manifest_naming_files_outside_its_run_is_refused_and_repair_drops_the
     assert main(["repair", RUN, "--store", str(store)]) == 0
     captured = capsys.readouterr()
     assert f"dropped an entry of {run_dir / 'manifest.json'} (its phase is computed again)" in captured.err
-    assert f"rebuilt the manifest of run {RUN}: 14 phase(s) kept" in captured.out
+    assert f"rebuilt the manifest of run {RUN}: 15 phase(s) kept" in captured.out
     assert main(["status", RUN, "--store", str(store)]) == 0
     capsys.readouterr()
     assert main(["eval", RUN, "--store", str(store), "--json"]) == 0

@@ -73,7 +73,7 @@ def test_an_orchestrator_runs_every_unit_on_the_gpu_pool(prefect_server, prefect
                 for p in ("generations", "rankings", "activations")
                 for i in range(2)
             ]
-            + [("steering", "COMPLETED"), ("eval", "COMPLETED")]
+            + [("baseline", "COMPLETED"), ("steering", "COMPLETED"), ("eval", "COMPLETED")]
         )
         assert runs == str(expected)
 
