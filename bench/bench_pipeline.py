@@ -35,7 +35,7 @@ def plain_loop(cfg) -> float:
     from sims_core import capture_activations, generate, load_model
     from sims_core.evaluation import evaluate
     from sims_core.oracles import get_oracle
-    from sims_core.pairs import PreferenceBuffer, pairs_from_scores
+    from sims_core.preferences import PreferenceBuffer, pairs_from_scores
     from sims_core.prompts import default_prompts, sample_prompts, split_prompts
     from sims_core.seeding import derive_seed
     from sims_core.steering import fit_steering, steer

@@ -35,6 +35,7 @@ from _shared import PROMPTS, no_stop  # noqa: E402
 
 import sims_core.generation as generation  # noqa: E402
 from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
+from sims_core.models import left_pad  # noqa: E402
 from sims_core.prompts import default_prompts  # noqa: E402
 
 
@@ -147,8 +148,7 @@ def baseline_generate_batch(lm, rows, seeds, max_new_tokens, temperature, top_p)
     model, device = lm.model, lm.device
     pad_id = int(lm.tokenizer.pad_token_id)
     stop = torch.tensor(lm.stop_token_ids or (pad_id,), device=device)
-    ids, mask = generation._left_pad(rows, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    ids, mask, positions = left_pad(rows, pad_id, device)
     extra = {"logits_to_keep": 1} if generation._supports_logits_to_keep(model) else {}
     generators = []
     for seed in seeds:

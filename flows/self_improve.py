@@ -1,8 +1,8 @@
 """The `self_improve` flow: T resumable SIMS iterations.
 
-    prompts (split once) -> for t in 1..T:
-        sample prompts -> generate (pi_{t-1}) -> rank (oracle) -> buffer (pairs + memory bank)
-        -> activations (base model) -> steering (fit + alpha selection) -> eval (judge vs base)
+    prompts (split once) -> baseline (base answers to held-out prompts, once) -> for t in 1..T:
+        prompts (sample) -> generations (pi_{t-1}) -> rankings (oracle) -> buffer (pairs + memory
+        bank) -> activations (base model) -> steering (fit + strength selection) -> eval (judge)
     -> report
 
 Generation, ranking and activation extraction run as ``shards`` parallel task runs on the engine
@@ -10,19 +10,20 @@ the config names (threads, a Dask or Ray cluster, or a GPU deployment; see `task
 iterations run in a subflow whose task runner is that engine's.
 
 Every phase persists its artifacts under ``{store}/{run_id}/iter=<t>/`` and is skipped when they
-are fresh, so running the flow again on the same run id resumes where it stopped, and asking a
-finished run for more iterations continues from its last one.
+are fresh (its task run ends ``Cached``), so running the flow again on the same run id resumes
+where it stopped, and asking a finished run for more iterations continues from its last one.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import secrets
-import socket
+import warnings
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow
+from prefect import flow, tags
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -31,17 +32,22 @@ from prefect.artifacts import (
 )
 
 import sims_core
+from flows.preflight import check_iterations, preflight
 from sims_core.config import SimsConfig
-from storage import ArtifactStore, Manifest, validate_run_id
-from tasks.buffer import build_buffer
-from tasks.engine import check_engine, prepare_workers, run_units, task_runner_for
-from tasks.evaluate import evaluate_policy
-from tasks.fit import fit_steering_set
+from sims_core.errors import ConfigError
+from sims_core.evaluation import CONTROLS
+from storage import ArtifactStore, Manifest, RunLock, validate_run_id
+from tasks.buffer import buffer_phase
+from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
+from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
-from tasks.prompts import sample_iteration_prompts, split_prompt_set
+from tasks.prompts import prompts_phase
 from tasks.report import write_report
+from tasks.runtime import clear_stop
 
-__all__ = ["new_run_id", "self_improve", "build_config"]
+__all__ = ["held_locks", "new_run_id", "run_lock", "run_tag", "self_improve"]
+
+_HELD: dict[tuple[str, str], RunLock] = {}  # the run locks this process holds, by (store URL, run id)
 
 
 def new_run_id() -> str:
@@ -49,11 +55,90 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def build_config(config: dict[str, Any] | None, **explicit: Any) -> SimsConfig:
-    """The run's config: ``config`` overridden by the explicit flow parameters that are set."""
-    values = dict(config or {})
-    values.update({key: value for key, value in explicit.items() if value is not None})
-    return SimsConfig.from_dict(values)
+def default_run_id(config: SimsConfig) -> str:
+    """The run id of a flow run given none: derived from the Prefect flow run, so that
+    ``prefect flow-run retry`` (the same flow run, scheduled again) resumes the same run from its
+    artifacts. ``<lineage>-<scheduled time>`` for a lineage run (one run per scheduled night),
+    ``run-<scheduled time>-<flow run id>`` otherwise; outside a flow run, a new name."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    flow_run = context.flow_run if context is not None else None
+    if flow_run is None:
+        return new_run_id() if config.lineage is None else f"{config.lineage}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    when = (flow_run.expected_start_time or flow_run.created or datetime.now(UTC)).astimezone(UTC)
+    if config.lineage is not None:
+        return f"{config.lineage}-{when:%Y%m%d-%H%M%S}"
+    return f"run-{when:%Y%m%d-%H%M%S}-{flow_run.id.hex[:8]}"
+
+
+def _crash_stale_subflows(run_id: str) -> None:
+    """An earlier attempt of this run that was killed left its iterations subflow RUNNING in
+    Prefect (nothing reports a killed process's subflows): mark them Crashed. The caller holds the
+    run lock, so no live attempt can own them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import FlowRunContext
+    from prefect.states import Crashed
+
+    me = FlowRunContext.get()
+    mine = me.flow_run.id if me is not None and me.flow_run is not None else None
+    try:
+        with get_client(sync_client=True) as client:
+            stale = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[run_tag(run_id)]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING, StateType.SCHEDULED])
+                    ),
+                )
+            )
+            for run in stale:
+                if run.id != mine and run.parent_task_run_id is not None:
+                    client.set_flow_run_state(
+                        run.id, Crashed(message=f"superseded: a new attempt of sims run {run_id} started"), force=True
+                    )
+    except Exception as exc:  # noqa: BLE001 - bookkeeping of the UI must not stop a run
+        phase_logger().warning("could not mark stale subflow runs of %s as crashed: %s", run_id, exc)
+
+
+def run_tag(run_id: str) -> str:
+    """The Prefect tag on every task run of a sims run (find them in the UI or the API)."""
+    return f"sims-run:{run_id}"
+
+
+@contextlib.contextmanager
+def run_lock(store: ArtifactStore, run_id: str, holder: str) -> Iterator[RunLock]:
+    """Hold the run's lock (`storage.RunLock`), re-entrantly within this process: the CLI takes
+    it before it starts the flow (so that a second writer is refused before any work, and the
+    lock is released on Ctrl-C), and the flow's own acquisition then reuses it."""
+    key = (store.url, run_id)
+    if key in _HELD:
+        yield _HELD[key]
+        return
+    lock = store.lock(run_id, holder=holder)  # the lock records pid, host and time itself
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lock.acquire()
+    for warning in caught:  # a stale lock taken over: say so in the run's log
+        phase_logger().warning("%s", warning.message)
+    _HELD[key] = lock
+    try:
+        yield lock
+    finally:
+        _HELD.pop(key, None)
+        lock.release()
+
+
+def held_locks() -> list[RunLock]:
+    """The run locks this process holds (what an interrupted CLI releases before it exits)."""
+    return list(_HELD.values())
 
 
 def _artifact_key(run_id: str, suffix: str) -> str:
@@ -62,121 +147,179 @@ def _artifact_key(run_id: str, suffix: str) -> str:
     return f"sims-{clean}-{suffix}"[:120]
 
 
-@flow(name="self-improve", description="Self-Improving Model Steering: T resumable iterations.")
-def self_improve(
-    run_id: str | None = None,
-    model: str | None = None,
-    prompts: str | None = None,
-    oracle: str | None = None,
-    judge: str | None = None,
-    learner: str | None = None,
-    layers: list[int] | None = None,
-    num_prompts: int | None = None,
-    num_samples: int | None = None,
-    iterations: int | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    store: str | None = None,
-    seed: int | None = None,
-    shards: int | None = None,
-    engine: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) a SIMS run. Parameters left as None take their value from ``config``, then
-    from the defaults of `SimsConfig` (see README, "Configuration")."""
-    explicit = {name: value for name, value in locals().items() if name not in ("run_id", "config")}
-    cfg = build_config(config, **explicit)
-    run_id = validate_run_id(run_id or new_run_id())
-    check_engine(cfg)
+@flow(
+    name="self-improve", description="Self-Improving Model Steering: T resumable iterations.", validate_parameters=False
+)
+def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, force: bool = False) -> dict[str, Any]:
+    """Run (or resume) a SIMS run with ``config`` (see README, "Configuration"); ``run_id`` names
+    the run (default: a new sortable name). Running an existing run id again resumes it; with a
+    config that differs in what it trained (model, prompts, oracle, learner, ...) it is refused
+    unless ``force`` says the recomputation is deliberate."""
+    config = SimsConfig.from_dict(config if config is not None else {})
+    run_id = validate_run_id(run_id or default_run_id(config))
+    clear_stop()
+    preflight(config, run_id)  # a no-op when the CLI has just checked the same run (deployments get it here)
+    check_engine(config)
     log = phase_logger()
-    artifact_store = ArtifactStore.open(cfg.store)
-    holder = f"self-improve flow (pid {os.getpid()} on {socket.gethostname()})"
-    with artifact_store.lock(run_id, holder=holder):
-        Manifest.load_or_create(artifact_store, run_id, config=cfg.to_dict(), sims_version=sims_core.__version__)
+    artifact_store = ArtifactStore.open(config.store)
+    with run_lock(artifact_store, run_id, holder="self-improve flow"):
+        for leftover in artifact_store.sweep(run_id):  # temporaries of a writer killed mid-write
+            log.info("removed %s, left by an interrupted write", leftover)
+        if artifact_store.exists(artifact_store.manifest_uri(run_id)):
+            check_iterations(Manifest.load(artifact_store, run_id), config.iterations)
+        _refuse_incompatible_reuse(artifact_store, run_id, config, force)
+        _crash_stale_subflows(run_id)
+        Manifest.load_or_create(artifact_store, run_id, config=config.to_dict(), sims_version=sims_core.__version__)
         log.info(
             "run %s in %s: %d iteration(s), model %s, learner %s, oracle %s, judge %s; %d shard(s) on engine %s",
             run_id,
             artifact_store.url,
-            cfg.iterations,
-            cfg.model,
-            cfg.learner,
-            cfg.oracle,
-            cfg.judge,
-            cfg.shards,
-            cfg.engine,
+            config.iterations,
+            config.model,
+            config.learner,
+            config.oracle,
+            config.judge,
+            config.shards,
+            config.engine,
         )
-        runner = run_iterations.with_options(task_runner=task_runner_for(cfg))
-        report, steering = runner(artifact_store.url, run_id, cfg.to_dict())
+        runner = run_iterations.with_options(task_runner=task_runner_for(config))
+        with tags(run_tag(run_id)):
+            report, steering, night = runner(
+                PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
+            )
     final = report["table"][-1] if report["table"] else {}
+
+    def numbers(prefix: str) -> dict[str, Any] | None:
+        if final.get(f"{prefix}win_rate") is None:
+            return None
+        keys = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n", "verdict")
+        return {key: final.get(f"{prefix}{key}") for key in keys}
+
     return {
         "run_id": run_id,
         "store": artifact_store.url,
         "report": report["report"],
         "steering": steering,
+        "judge": final.get("judge"),
         "win_rate": final.get("win_rate"),
         "ci_low": final.get("ci_low"),
         "ci_high": final.get("ci_high"),
+        "effect": final.get("effect"),
+        "effect_ci_low": final.get("effect_ci_low"),
+        "effect_ci_high": final.get("effect_ci_high"),
+        "n": final.get("n"),
+        "verdict": final.get("verdict"),
         "lc_win_rate": final.get("lc_win_rate"),
-        "controls": {
-            k[: -len("_win_rate")]: v
-            for k, v in final.items()
-            if k.endswith("_win_rate") and k not in ("win_rate", "lc_win_rate")
-        },
+        "lc_ci_low": final.get("lc_ci_low"),
+        "lc_ci_high": final.get("lc_ci_high"),
+        "previous_iteration": numbers("previous_iteration_"),
+        "best_of_n": numbers("best_of_n_"),
+        "controls": {name: final[f"{name}_win_rate"] for name in CONTROLS if final.get(f"{name}_win_rate") is not None},
+        "lineage": night,
     }
 
 
-@flow(name="self-improve-iterations", description="The iterations of one SIMS run, on the engine its config names.")
-def run_iterations(store_url: str, run_id: str, config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """Iterations 1..T of a run whose manifest exists and whose lock the caller holds; returns
-    the report and the last steering artifact's URI."""
-    cfg = SimsConfig.from_dict(config)
-    remote = cfg.engine == "deployment"
-
-    def context(t: int) -> PhaseContext:
-        return PhaseContext(store_url=store_url, run_id=run_id, iteration=t, config=config)
-
-    def sharded(ctx: PhaseContext, unit: str, **arguments: Any) -> list[str]:
-        return run_units(ctx, unit, [{**arguments, "shard": i, "shards": cfg.shards} for i in range(cfg.shards)])
-
-    prepare_workers(cfg)
-    progress_id = create_progress_artifact(
-        progress=0.0, key=_artifact_key(run_id, "progress"), description=f"SIMS run {run_id}: iterations done"
+def _refuse_incompatible_reuse(store: ArtifactStore, run_id: str, config: SimsConfig, force: bool) -> None:
+    """An existing run id with a config that would recompute what it trained: refused (or, with
+    ``force``, logged), so a run is never overwritten by accident."""
+    if not store.exists(store.manifest_uri(run_id)):
+        return
+    changes = config.changes_from(Manifest.load(store, run_id).config)
+    if not changes:
+        return
+    if force:
+        phase_logger().warning("run %s: recomputing with a changed config (force): %s", run_id, "; ".join(changes))
+        return
+    raise ConfigError(
+        f"run {run_id!r} in {store.url} was made with another config ({'; '.join(changes)}); running it again "
+        f"would recompute and overwrite its artifacts: use a new run id, or force the recomputation "
+        f"(sims run/resume --force)"
     )
-    split_uri = split_prompt_set(context(0))
-    previous_buffer: str | None = None
-    previous_steering: str | None = None
-    for t in range(1, cfg.iterations + 1):
-        ctx = context(t)
-        prompts_uri = sample_iteration_prompts(ctx, split_uri)
-        generations = sharded(ctx, "generations", prompts_uri=prompts_uri, steering_uri=previous_steering)
-        rankings = run_units(
-            ctx,
-            "rankings",
-            [
-                {"generations_uri": uri, "prompts_uri": prompts_uri, "shard": i, "shards": cfg.shards}
-                for i, uri in enumerate(generations)
-            ],
+
+
+def _named(task: Any, phase: str, iteration: int) -> Any:
+    """Run ``task`` in this flow under the run name ``<phase>-iter-<t>`` and return its value
+    (a skipped phase ends Cached with the value as its data)."""
+    named = task.with_options(task_run_name=f"{phase}-iter-{iteration}")
+    return lambda *args, **kwargs: named(*args, return_state=True, **kwargs).result()
+
+
+@flow(name="self-improve-iterations", description="The iterations of one SIMS run, on the engine its config names.")
+def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None, dict[str, Any] | None]:
+    """Iterations 1..T of a run whose manifest exists and whose lock the caller holds; returns
+    the report, the last steering artifact's URI and, for a lineage run, its lineage record."""
+    config = run.config
+
+    def sharded(ctx: PhaseContext, unit: str, calls: list[dict[str, Any]]) -> list[str]:
+        return run_units(ctx, unit, [{**call, "shard": i, "shards": config.shards} for i, call in enumerate(calls)])
+
+    def single(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
+        """The steering fit and the eval: in this process, or on the GPU pool with the deployment
+        engine (so that the orchestrator never loads the model)."""
+        if config.engine == "deployment":
+            return run_units(ctx, unit, [call])[0]
+        return _named(UNITS[unit], unit, ctx.iteration)(ctx, **call)
+
+    prepare_workers(config)
+    progress_id = create_progress_artifact(
+        progress=0.0, key=_artifact_key(run.run_id, "progress"), description=f"SIMS run {run.run_id}: iterations done"
+    )
+    snapshot = _named(lineage_phase, "lineage", 0)(run) if config.lineage else {}
+    split_uri = _named(prompts_phase, "prompts", 0)(run, lineage_uri=snapshot.get("lineage"))
+    baseline_uri = single(run, "baseline", {"split_uri": split_uri})
+    # a lineage run starts from the lineage's current steering and memory bank (pi_0 and the bank)
+    previous_buffer: str | None = snapshot.get("buffer")
+    previous_steering: str | None = snapshot.get("steering")
+    previous_eval: str | None = None
+    report: dict[str, Any] = {}
+    for t in range(1, config.iterations + 1):
+        ctx = run.at(t)
+        prompts_uri = _named(prompts_phase, "prompts", t)(ctx, split_uri)
+        generations = sharded(
+            ctx, "generations", [{"prompts_uri": prompts_uri, "steering_uri": previous_steering}] * config.shards
         )
-        buffer_uri = build_buffer(ctx, generations, rankings, previous_buffer)
-        activations = sharded(ctx, "activations", buffer_uri=buffer_uri)
-        fit_call = {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering}
-        fitted = run_units(ctx, "steering", [fit_call])[0] if remote else fit_steering_set(ctx, **fit_call)
-        eval_call = {
-            "steering_uri": fitted["steering"],
-            "split_uri": split_uri,
-            "with_controls": cfg.controls and t == cfg.iterations,
-        }
-        run_units(ctx, "eval", [eval_call]) if remote else evaluate_policy(ctx, **eval_call)
+        rankings = sharded(
+            ctx, "rankings", [{"generations_uri": uri, "prompts_uri": prompts_uri} for uri in generations]
+        )
+        buffer_uri = _named(buffer_phase, "buffer", t)(ctx, generations, rankings, previous_buffer)
+        activations = sharded(ctx, "activations", [{"buffer_uri": buffer_uri}] * config.shards)
+        fitted = single(
+            ctx,
+            "steering",
+            {"activations_uris": activations, "split_uri": split_uri, "previous_steering_uri": previous_steering},
+        )
+        previous_eval = single(
+            ctx,
+            "eval",
+            {
+                "steering_uri": fitted["steering"],
+                "split_uri": split_uri,
+                "baseline_uri": baseline_uri,
+                "previous_eval_uri": previous_eval,
+                "with_controls": config.controls and t == config.iterations,
+            },
+        )
         previous_buffer, previous_steering = buffer_uri, fitted["steering"]
-        report = write_report(ctx, t)
+        report = _named(write_report, "report", t)(ctx, t)
         if report["table"]:
             create_table_artifact(
                 table=report["table"],
-                key=_artifact_key(run_id, "iterations"),
-                description=f"SIMS run {run_id}: one row per iteration",
+                key=_artifact_key(run.run_id, "iterations"),
+                description=f"SIMS run {run.run_id}: one row per iteration",
             )
-        update_progress_artifact(progress_id, progress=100.0 * t / cfg.iterations)
+        update_progress_artifact(progress_id, progress=100.0 * t / config.iterations)
+    night = None
+    if config.lineage:
+        last = run.at(config.iterations)
+        promotion_uri = _named(promotion_phase, "promotion", config.iterations)(
+            last, previous_steering, previous_eval, split_uri, snapshot.get("steering")
+        )
+        night = _named(publish_night, "publish", config.iterations)(
+            last, promotion_uri, previous_steering, previous_buffer, split_uri, snapshot
+        )
     create_markdown_artifact(
-        markdown=report["markdown"], key=_artifact_key(run_id, "report"), description=f"SIMS run {run_id} report"
+        markdown=report["markdown"],
+        key=_artifact_key(run.run_id, "report"),
+        description=f"SIMS run {run.run_id} report",
     )
-    return report, previous_steering
+    return report, previous_steering, night

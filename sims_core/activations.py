@@ -14,8 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from sims_core.generation import _check_context, _left_pad, validate_prompts
-from sims_core.models import LanguageModel
+from sims_core.generation import _check_context, validate_prompts
+from sims_core.models import LanguageModel, padded_forward
 from sims_core.progress import progress_bar
 from sims_core.steering.hooks import _hidden_of
 
@@ -46,9 +46,7 @@ def _capture_batch(
     lm: LanguageModel, prompt_ids: list[list[int]], response_ids: list[list[int]], layers: list[int]
 ) -> dict[int, list[Tensor]]:
     rows = [p + r for p, r in zip(prompt_ids, response_ids)]
-    ids, mask = _left_pad(rows, int(lm.tokenizer.pad_token_id), lm.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    width = ids.shape[1]
+    width = max(len(r) for r in rows)
     captured: dict[int, Tensor] = {}
     deepest = max(layers)
 
@@ -62,7 +60,7 @@ def _capture_batch(
 
     handles = [lm.layers[layer].register_forward_hook(make_hook(layer)) for layer in layers]
     try:
-        lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+        padded_forward(lm, rows)
     except _StopForward:
         pass
     finally:

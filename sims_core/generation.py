@@ -1,5 +1,10 @@
 """Sampling answers from a `LanguageModel`, batched, with per-sample seeds.
 
+`SamplingParams` (new tokens, temperature, top-p, batch size) is the one place the sampling
+defaults live; `generate`, `sims_core.evaluation.evaluate`, `sims_core.evaluation.best_of_n` and
+`sims_core.steering.strength.select_strength` all take one (``sampling=``), and still accept the
+four settings as keyword arguments, which override the object's fields.
+
 Prompts are chat-formatted (`LanguageModel.format_prompt`), left-padded and batched in order of
 length so little compute goes to padding. Each sample draws from its own random generator seeded
 from (seed, prompt text, sample index), so an answer does not depend on which other prompts share
@@ -8,24 +13,88 @@ its batch, on the batch size or on the order of the prompt list, only on float r
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import hashlib
 import inspect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from sims_core.models import LanguageModel
+from sims_core.errors import UserError
+from sims_core.models import LanguageModel, left_pad
 from sims_core.progress import progress_bar
+from sims_core.seeding import seed_from
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Generation", "generate", "sample_seed", "validate_prompts"]
+__all__ = ["DEFAULT_BATCH_SIZE", "Generation", "SamplingParams", "generate", "sample_seed", "validate_prompts"]
 
 # Measured on the embedded model, 2 CPU cores (bench/bench_runtime.py): throughput grows with the
 # batch up to ~32-40 sequences and flattens after.
 DEFAULT_BATCH_SIZE = 32
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How answers are sampled: one object shared by generation, evaluation and strength
+    selection, so their defaults cannot disagree.
+
+    Attributes:
+        max_new_tokens: the most tokens an answer may have (then ``finish_reason="length"``).
+        temperature: softmax temperature; 0 decodes greedily.
+        top_p: nucleus sampling mass in (0, 1]; 1 samples from the whole distribution.
+        batch_size: sequences per forward pass (only speed and memory depend on it).
+
+    Example::
+
+        sampling = SamplingParams(max_new_tokens=64, temperature=0.7)
+        answers = generate(lm, prompts, num_samples=4, sampling=sampling, seed=0)
+        greedy = generate(lm, prompts, sampling=sampling, temperature=0)  # a keyword overrides
+    """
+
+    max_new_tokens: int = 48
+    temperature: float = 0.8
+    top_p: float = 0.95
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        if not _positive_int(self.max_new_tokens):
+            raise UserError(
+                f"max_new_tokens must be a positive integer (tokens per answer), got {self.max_new_tokens!r}"
+            )
+        if not (_number(self.temperature) and self.temperature >= 0):
+            raise UserError(f"temperature must be >= 0 (0 means greedy) and finite, got {self.temperature!r}")
+        if not (_number(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise UserError(f"top_p must be in (0, 1] (the nucleus probability mass), got {self.top_p!r}")
+        if not _positive_int(self.batch_size):
+            raise UserError(f"batch_size must be a positive integer (sequences per forward), got {self.batch_size!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "top_p", float(self.top_p))
+
+    def override(self, **changes: Any) -> SamplingParams:
+        """A copy with the given fields changed; ``None`` values leave a field as it is."""
+        given = {key: value for key, value in changes.items() if value is not None}
+        return dataclasses.replace(self, **given) if given else self
+
+    @classmethod
+    def resolve(cls, sampling: SamplingParams | None = None, **overrides: Any) -> SamplingParams:
+        """``sampling`` (default: ``SamplingParams()``) with the non-None ``overrides`` applied:
+        how functions that take both ``sampling=`` and the old keyword arguments combine them."""
+        if sampling is None:
+            sampling = cls()
+        elif not isinstance(sampling, SamplingParams):
+            raise UserError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        return sampling.override(**overrides)
 
 
 @dataclass(frozen=True)
@@ -63,8 +132,7 @@ def validate_prompts(prompts: object, name: str = "prompts") -> list[str]:
 def sample_seed(seed: int, prompt: str, sample_index: int) -> int:
     """The seed of one sample: a hash of (run seed, prompt text, sample index), so it follows
     the prompt's identity rather than its position in a list or shard."""
-    digest = hashlib.sha256(f"{seed}\x1f{sample_index}\x1f{prompt}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return seed_from(seed, sample_index, prompt)
 
 
 def _check_context(lm: LanguageModel, lengths: list[int], extra: int, what: str) -> None:
@@ -73,7 +141,7 @@ def _check_context(lm: LanguageModel, lengths: list[int], extra: int, what: str)
         return
     for index, length in enumerate(lengths):
         if length + extra > limit:
-            raise ValueError(
+            raise UserError(
                 f"{what}[{index}] is {length} tokens after chat formatting; with {extra} more tokens it "
                 f"exceeds the model's context window of {limit}. Shorten it (sims refuses rather than "
                 "truncating silently)"
@@ -85,17 +153,6 @@ def _supports_logits_to_keep(model: torch.nn.Module) -> bool:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
         return False
-
-
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if row:
-            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row) :] = 1
-    return ids.to(device), mask.to(device)
 
 
 # -- sampling ------------------------------------------------------------------------------------
@@ -326,12 +383,11 @@ def _generate_batch(
     model, device = lm.model, lm.device
     pad_id = int(lm.tokenizer.pad_token_id)
     stop = set(lm.stop_token_ids or (pad_id,))
-    ids, prompt_mask = _left_pad(rows, pad_id, device)
+    ids, prompt_mask, positions = left_pad(rows, pad_id, device)
     batch, width = ids.shape
     # The attention mask of the whole generation; each forward sees its first `width + step` columns.
     mask = torch.ones((batch, width + max_new_tokens), dtype=prompt_mask.dtype, device=device)
     mask[:, :width] = prompt_mask
-    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
     extra = {"logits_to_keep": 1} if _supports_logits_to_keep(model) else {}
     generators = []
     for seed in seeds:
@@ -386,32 +442,32 @@ def generate(
     prompts: Sequence[str],
     *,
     num_samples: int = 1,
-    max_new_tokens: int = 64,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
+    sampling: SamplingParams | None = None,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH_SIZE,
     system_prompt: str | None = None,
     progress: bool = True,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    batch_size: int | None = None,
 ) -> list[list[Generation]]:
     """Sample ``num_samples`` answers to each prompt.
 
     Returns a list (one per prompt, in input order) of lists (one per sample) of `Generation`.
-    ``temperature=0`` decodes greedily. Any steering active on ``lm`` (see `steer`) applies.
+    ``sampling`` (default ``SamplingParams()``) sets new tokens, temperature, top-p and batch
+    size; the keyword arguments of the same names override its fields. ``temperature=0``
+    decodes greedily. Any steering active on ``lm`` (see `steer`) applies.
     A prompt that does not fit the context window together with ``max_new_tokens`` is refused
     with an error naming it (never truncated silently).
     """
     prompts = validate_prompts(prompts)
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not temperature >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature!r}")
-    if not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not _positive_int(num_samples):
+        raise UserError(f"num_samples must be a positive integer (answers per prompt), got {num_samples!r}")
+    params = SamplingParams.resolve(
+        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
+    )
+    max_new_tokens, temperature, top_p = params.max_new_tokens, params.temperature, params.top_p
+    batch_size = params.batch_size
     encoded = [lm.encode_prompt(p, system_prompt) for p in prompts]
     _check_context(lm, [len(e) for e in encoded], max_new_tokens, "prompts")
     jobs = [(p, s) for p in range(len(prompts)) for s in range(num_samples)]

@@ -7,7 +7,7 @@ picks the prompts for one iteration, all deterministically and independently of 
 
 Pure: the only file this module reads is the built-in prompt set packaged with ``sims_core``
 (``sims_core/data/default_prompts.jsonl``, through :mod:`importlib.resources`). Reading user
-files, URLs and Hugging Face datasets is ``storage.prompts``' job.
+files, URLs and Hugging Face datasets is ``storage.prompt_sources``' job.
 
 Quick tour::
 
@@ -31,12 +31,16 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
+from sims_core.errors import UserError
+from sims_core.seeding import unit_from
+
 __all__ = [
     "DEFAULT_PROMPTS_RESOURCE",
     "SPLITS",
     "PromptRecord",
     "PromptReport",
     "PromptSample",
+    "PromptSplitError",
     "default_prompts",
     "make_prompt_records",
     "normalize_prompt",
@@ -72,13 +76,16 @@ class PromptRecord:
 
     ``prompt`` is the text sent to the model (stripped, inner whitespace kept);
     ``prompt_id`` is :func:`prompt_id` of it; ``split`` is ``None`` until
-    :func:`split_prompts` assigns ``"train"``, ``"val"`` or ``"eval"``.
+    :func:`split_prompts` assigns ``"train"``, ``"val"`` or ``"eval"``; ``reference`` is a
+    reference answer when the prompt set has one (judges such as ``"reference"`` compare answers
+    with it; SIMS itself never needs answers).
     """
 
     prompt_id: str
     prompt: str
     category: str | None = None
     split: str | None = None
+    reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,15 +157,17 @@ def _listed(items: Sequence[Any]) -> str:
 def make_prompt_records(
     texts: Sequence[str],
     categories: Sequence[str | None] | None = None,
+    references: Sequence[str | None] | None = None,
 ) -> tuple[list[PromptRecord], PromptReport]:
     """Validate prompt texts and give each an id; returns ``(records, report)``.
 
     - ``texts`` must be a non-empty list/tuple of strings (a ``TypeError`` names the first
-      non-string and its position); ``categories``, if given, has one entry (str or None) per
-      text.
+      non-string and its position); ``categories`` and ``references`` (reference answers), if
+      given, have one entry (str or None) per text. A reference is stripped; an empty one is None.
     - Empty or whitespace-only texts are dropped and counted in ``report.n_empty``.
     - Duplicates (same normalized text, hence same id) are dropped after their first
-      occurrence and counted in ``report.n_duplicates``: check ``report.message``.
+      occurrence, with their category and reference, and counted in ``report.n_duplicates``:
+      check ``report.message``.
     - A ``ValueError`` if no prompt is left.
 
     Records keep input order; their ``split`` is ``None``.
@@ -174,6 +183,11 @@ def make_prompt_records(
         raise ValueError(
             f"categories has {len(categories)} entries but texts has {len(texts)}; give one category (or None) per text"
         )
+    if references is not None and (isinstance(references, str) or len(references) != len(texts)):
+        got = "a single string" if isinstance(references, str) else f"{len(references)} entries"
+        raise UserError(
+            f"references has {got} but texts has {len(texts)}; give one reference answer (or None) per text"
+        )
     records: list[PromptRecord] = []
     seen: set[str] = set()
     dups: list[int] = []
@@ -186,6 +200,11 @@ def make_prompt_records(
             raise TypeError(
                 f"categories[{i}] is {type(category).__name__} ({category!r:.60}), expected a string or None"
             )
+        reference = None if references is None else references[i]
+        if reference is not None and not isinstance(reference, str):
+            raise UserError(
+                f"references[{i}] is {type(reference).__name__} ({reference!r:.60}), expected a string or None"
+            )
         stripped = text.strip()
         if not stripped:
             empties.append(i)
@@ -195,7 +214,14 @@ def make_prompt_records(
             dups.append(i)
             continue
         seen.add(pid)
-        records.append(PromptRecord(prompt_id=pid, prompt=stripped, category=category or None))
+        records.append(
+            PromptRecord(
+                prompt_id=pid,
+                prompt=stripped,
+                category=category or None,
+                reference=(reference or "").strip() or None,
+            )
+        )
     report = PromptReport(
         n_input=len(texts),
         n_kept=len(records),
@@ -210,27 +236,32 @@ def make_prompt_records(
 
 
 def default_prompts() -> list[PromptRecord]:
-    """The built-in prompt set (240 short single-turn requests in 12 categories).
+    """The built-in prompt set: 600 short single-turn requests, 50 in each of 12 categories,
+    each with a short reference answer; prompts and references were written for this project.
 
-    Written for this project for small instruction-tuned chat models: factual questions,
-    how-to, explanations, creative writing, maths word problems, recommendations, definitions,
-    comparisons, summaries, rewriting, advice and brainstorming. Records have ``category`` set
-    and ``split`` ``None``.
+    For small instruction-tuned chat models: factual questions, how-to, explanations, creative
+    writing, maths word problems, recommendations, definitions, comparisons, summaries,
+    rewriting, advice and brainstorming. Records have ``category`` and ``reference`` set and
+    ``split`` ``None``. A line without a non-empty ``reference`` is an error naming the line.
     """
     raw = resources.files("sims_core").joinpath(DEFAULT_PROMPTS_RESOURCE).read_text("utf-8")
     texts: list[str] = []
     cats: list[str | None] = []
+    refs: list[str | None] = []
+    where = f"sims_core/{DEFAULT_PROMPTS_RESOURCE}"
     for lineno, line in enumerate(raw.splitlines(), start=1):
         if not line.strip():
             continue
         row = json.loads(line)
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-            raise ValueError(
-                f'sims_core/{DEFAULT_PROMPTS_RESOURCE} line {lineno} is not {{"prompt": str, "category": str}}'
-            )
+            raise ValueError(f'{where} line {lineno} is not {{"prompt": str, "category": str, "reference": str}}')
+        reference = row.get("reference")
+        if not isinstance(reference, str) or not reference.strip():
+            raise UserError(f"{where} line {lineno} has no reference answer: every line needs a non-empty 'reference'")
         texts.append(row["prompt"])
         cats.append(row.get("category"))
-    records, report = make_prompt_records(texts, cats)
+        refs.append(reference)
+    records, report = make_prompt_records(texts, cats, refs)
     if report.n_dropped:  # the packaged file is checked by tests; this guards hand edits
         raise ValueError(f"sims_core/{DEFAULT_PROMPTS_RESOURCE}: {report.message}")
     return records
@@ -238,8 +269,7 @@ def default_prompts() -> list[PromptRecord]:
 
 def _unit(*parts: object) -> float:
     """A number in [0, 1) from sha256 of the parts: the same on every platform and run."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+    return unit_from(*parts)
 
 
 def _check_unique_ids(records: Sequence[PromptRecord], where: str) -> None:
@@ -264,11 +294,39 @@ def split_counts(records: Iterable[PromptRecord]) -> dict[str, int]:
     return counts
 
 
+class PromptSplitError(UserError):
+    """A prompt set too small for the split: one of train, val or eval would be empty."""
+
+
+def _split_of(u: float, eval_fraction: float, val_fraction: float) -> str:
+    return "eval" if u < eval_fraction else "val" if u < eval_fraction + val_fraction else "train"
+
+
+def _working_fractions(units: Sequence[float], eval_fraction: float, val_fraction: float) -> tuple[float, float] | None:
+    """The (eval_fraction, val_fraction) nearest the given ones, on a grid of 0.05 with each
+    fraction > 0 and their sum < 0.9 (what `SimsConfig` accepts), that leaves every split
+    non-empty for prompts with these hash units; None when no such pair exists."""
+    grid = [round(0.05 * k, 2) for k in range(1, 18)]
+    best: tuple[float, float, float] | None = None
+    for e in grid:
+        for v in grid:
+            if e + v >= 0.9 - 1e-9:
+                continue
+            if {_split_of(u, e, v) for u in units} != set(SPLITS):
+                continue
+            distance = abs(e - eval_fraction) + abs(v - val_fraction)
+            if best is None or distance < best[0] - 1e-12:
+                best = (distance, e, v)
+    return None if best is None else (best[1], best[2])
+
+
 def split_prompts(
     records: Sequence[PromptRecord],
     eval_fraction: float = 0.25,
     val_fraction: float = 0.15,
     seed: int = 0,
+    *,
+    allow_empty_splits: bool = True,
 ) -> list[PromptRecord]:
     """Assign each record to ``"train"``, ``"val"`` or ``"eval"``; returns new records.
 
@@ -277,9 +335,12 @@ def split_prompts(
     val_fraction``, else to train. So the split of a prompt does not change with the order of
     the records or with which other prompts are present, and fractions are met only on average.
 
-    Raises ``ValueError`` for fractions outside [0, 1) or summing to 1 or more, and when a split
-    with a positive fraction would be empty (naming the split and the counts). A fraction of 0
-    means that split is intentionally empty. Output keeps input order.
+    Raises ``ValueError`` for fractions outside [0, 1) or summing to 1 or more, and a
+    `PromptSplitError` when a split with a positive fraction would be empty (naming the split and
+    the counts, with advice that works: fractions that fill every split with these prompts, or
+    how many prompts to add). A fraction of 0 means that split is intentionally empty; with
+    ``allow_empty_splits=False`` (a SIMS run, which needs all three) the advice never suggests it.
+    Output keeps input order.
     """
     for name, value in (("eval_fraction", eval_fraction), ("val_fraction", val_fraction)):
         if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
@@ -292,23 +353,30 @@ def split_prompts(
     if not records:
         raise ValueError("records is empty: nothing to split")
     _check_unique_ids(records, "split_prompts")
-    out: list[PromptRecord] = []
-    for r in records:
-        u = _unit("split", seed, r.prompt_id)
-        split = "eval" if u < eval_fraction else "val" if u < eval_fraction + val_fraction else "train"
-        out.append(replace(r, split=split))
+    units = [_unit("split", seed, r.prompt_id) for r in records]
+    out = [replace(r, split=_split_of(u, eval_fraction, val_fraction)) for r, u in zip(records, units)]
     counts = split_counts(out)
     fractions = {"train": 1.0 - eval_fraction - val_fraction, "val": val_fraction, "eval": eval_fraction}
     for name in SPLITS:
         if fractions[name] > 0 and counts[name] == 0:
             shown = ", ".join(f"{s} {counts[s]}" for s in SPLITS)
-            hint = (
-                "add prompts or lower eval_fraction/val_fraction"
-                if name == "train"
-                else f"add prompts, raise {name}_fraction, or set {name}_fraction=0 to have no {name} split"
-            )
-            raise ValueError(
-                f"split {name!r} would be empty with {len(out)} prompt{'s' if len(out) != 1 else ''}"
+            n = len(out)
+            if not allow_empty_splits and n < len(SPLITS):
+                hint = (
+                    f"add prompts: a run needs at least {len(SPLITS)} distinct prompts (one each for train, val and "
+                    "eval), and in practice dozens"
+                )
+            else:
+                working = _working_fractions(units, eval_fraction, val_fraction)
+                hint = "add prompts"
+                if working is not None:
+                    hint += f", or set eval_fraction={working[0]:g} and val_fraction={working[1]:g} (every split then has a prompt)"
+                elif name == "train":
+                    hint += " or lower eval_fraction/val_fraction"
+                if allow_empty_splits and name != "train":
+                    hint += f", or set {name}_fraction=0 to have no {name} split"
+            raise PromptSplitError(
+                f"split {name!r} would be empty with {n} prompt{'s' if n != 1 else ''}"
                 f" ({shown}; eval_fraction={eval_fraction}, val_fraction={val_fraction}, "
                 f"seed={seed}): {hint}"
             )
@@ -367,5 +435,14 @@ def sample_prompts(
 
 def records_to_rows(records: Iterable[PromptRecord]) -> list[dict[str, str | None]]:
     """Records as dicts with the ``prompts`` artifact's columns (prompt_id, prompt, split,
-    category), ready for ``pandas.DataFrame(rows)``."""
-    return [{"prompt_id": r.prompt_id, "prompt": r.prompt, "split": r.split, "category": r.category} for r in records]
+    category, reference), ready for ``pandas.DataFrame(rows)``."""
+    return [
+        {
+            "prompt_id": r.prompt_id,
+            "prompt": r.prompt,
+            "split": r.split,
+            "category": r.category,
+            "reference": r.reference,
+        }
+        for r in records
+    ]

@@ -11,13 +11,15 @@
                                                    shard 2 of 4 of a sharded phase
                                                    (an unsharded phase keeps its plain name)
 
-Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; use
-:func:`parse_iteration_dir` / the manifest for numeric order).
+Iterations are not zero-padded (``iter=10`` sorts before ``iter=2`` in a listing; the manifest
+has numeric order).
 """
 
 from __future__ import annotations
 
 import re
+
+from sims_core.errors import ConfigError
 
 __all__ = [
     "PHASES",
@@ -28,7 +30,6 @@ __all__ = [
     "validate_run_id",
     "validate_phase",
     "iteration_dir",
-    "parse_iteration_dir",
     "artifact_relpath",
     "phase_sort_key",
     "shard_phase",
@@ -36,13 +37,16 @@ __all__ = [
 ]
 
 PHASES: tuple[str, ...] = (
+    "lineage",
     "prompts",
+    "baseline",
     "generations",
     "rankings",
     "buffer",
     "activations",
     "steering",
     "eval",
+    "promotion",
 )
 PHASE_EXTENSIONS: dict[str, str] = {"steering": "safetensors"}
 MANIFEST_NAME = "manifest.json"
@@ -53,16 +57,17 @@ _SHARD = re.compile(r"^(?P<phase>[a-z][a-z0-9_]*?)_shard_(?P<index>\d{3,})_of_(?
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PHASE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _EXT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.]{0,15}$")
-_ITER_DIR = re.compile(r"^iter=(\d+)$")
 
 
 def validate_run_id(run_id: str) -> str:
-    """Return ``run_id`` if it is a safe directory name, else raise ValueError saying why."""
+    """Return ``run_id`` if it is a safe directory name, else raise a `ConfigError` saying why."""
     if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id.startswith("iter="):
-        raise ValueError(
+        raise ConfigError(
             f"run_id {run_id!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    if run_id == "lineages":
+        raise ConfigError("run_id 'lineages' is reserved: the store keeps its lineages in that folder")
     return run_id
 
 
@@ -83,12 +88,6 @@ def _validate_iteration(iteration: int) -> int:
 
 def iteration_dir(iteration: int) -> str:
     return f"iter={_validate_iteration(iteration)}"
-
-
-def parse_iteration_dir(name: str) -> int | None:
-    """``'iter=3'`` -> 3; anything else -> None."""
-    m = _ITER_DIR.match(name.rstrip("/").rsplit("/", 1)[-1])
-    return int(m.group(1)) if m else None
 
 
 def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:

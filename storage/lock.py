@@ -10,10 +10,10 @@ and a random token. Acquiring it is atomic:
   object only if it does not exist; the lock is then read back and its token compared, which
   also catches a server that ignores the condition.
 
-A second writer gets :class:`RunLockedError` naming the holder. A lock left by a process that
-died on *this* host (its pid is gone) is taken over with a warning. To break any other stale
-lock, delete the lock file named in the error (``storage.lock.break_lock(store, run_id)``)
-or open the lock with ``force=True``.
+A second writer gets `RunLockedError` naming the holder. A lock left by a process that died on
+*this* host (its pid is gone), and an empty or garbage lock file (a writer killed mid-write, a
+bad copy), are taken over with a warning. To break any other stale lock, delete the lock file
+named in the error (`break_lock`) or open the lock with ``force=True``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import socket
+import time
 import uuid
 import warnings
 from dataclasses import asdict, dataclass
@@ -29,12 +30,11 @@ from typing import Any
 
 from sims_core.errors import UserError
 
-from . import artifacts as _a
 from .layout import validate_run_id
 from .manifest import utc_now
-from .store import ArtifactStore
+from .store import TEMP_MARKER, ArtifactStore
 
-__all__ = ["LockInfo", "RunLock", "RunLockedError", "read_lock", "break_lock"]
+__all__ = ["LockInfo", "RunLock", "RunLockedError", "break_lock", "check_unlocked", "is_stale", "read_lock"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,11 @@ class LockInfo:
     since: str
     token: str
 
+    @property
+    def readable(self) -> bool:
+        """False for an empty or garbage lock file (read as a placeholder with no token)."""
+        return bool(self.token)
+
     def describe(self) -> str:
         return f"{self.holder!r} (pid {self.pid} on host {self.hostname}, since {self.since})"
 
@@ -54,7 +59,7 @@ class LockInfo:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     @classmethod
-    def from_bytes(cls, raw: bytes, where: str) -> LockInfo:
+    def from_bytes(cls, raw: bytes) -> LockInfo:
         try:
             d = json.loads(raw)
             return cls(
@@ -76,9 +81,9 @@ class RunLockedError(UserError):
         self.lock_uri = lock_uri
         self.info = info
         super().__init__(
-            f"run {run_id!r} is locked by {info.describe()}. If no process is working on this "
-            f"run any more, delete {lock_uri} (storage.lock.break_lock) or take the lock over "
-            "with RunLock(..., force=True)."
+            f"run {run_id!r} is locked by {info.describe()}; if no process is working on this run any more, "
+            f"break the lock with `sims unlock {run_id}` (storage.lock.break_lock: it deletes {lock_uri}) or "
+            "take it over with RunLock(..., force=True)"
         )
 
 
@@ -96,15 +101,37 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_stale(info: LockInfo | None) -> bool:
+    """Whether a lock can be taken over without asking: there is none, the file is empty or
+    garbage, or its process died on this host. (A lock held on another host is never stale
+    here: its pid cannot be checked.)"""
+    if info is None or not info.readable:
+        return True
+    return info.hostname == socket.gethostname() and info.pid != os.getpid() and not _pid_alive(info.pid)
+
+
+def check_unlocked(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
+    """Raise `RunLockedError` naming the holder when another live writer holds the run's lock,
+    without taking it (a preflight check: nothing is written). Returns a stale lock's holder
+    (which `RunLock` will take over with a warning), else None."""
+    store = ArtifactStore.open(store)
+    info = read_lock(store, run_id)
+    if info is not None and info.readable and info.hostname == socket.gethostname() and info.pid == os.getpid():
+        return None  # this process holds it (the CLI took it before starting the flow)
+    if is_stale(info):
+        return info
+    raise RunLockedError(run_id, store.lock_uri(run_id), info)
+
+
 def read_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
     """The current holder of the run's lock, or None when the run is not locked."""
     store = ArtifactStore.open(store)
     uri = store.lock_uri(run_id)
     try:
-        raw = _a.read_bytes(store, uri)
+        raw = store.read_bytes(uri)
     except FileNotFoundError:
         return None
-    return LockInfo.from_bytes(raw, uri)
+    return LockInfo.from_bytes(raw)
 
 
 def break_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
@@ -162,6 +189,16 @@ class RunLock:
             current = read_lock(self.store, self.run_id)
             if current is None:  # released between our attempt and the read: try again
                 continue
+            if not current.readable:  # nobody can own an empty or garbage lock file
+                time.sleep(0.2)  # (one created without hard links is empty for a moment: look again)
+                if read_lock(self.store, self.run_id) == current:
+                    warnings.warn(
+                        f"taking over the lock of run {self.run_id!r}: {self.uri} is empty or not a lock file "
+                        "(left by a writer killed while writing it?)",
+                        stacklevel=2,
+                    )
+                    self._remove_if(current)
+                continue
             if self.force:
                 warnings.warn(
                     f"taking over the lock of run {self.run_id!r} held by {current.describe()} (force=True)",
@@ -181,9 +218,7 @@ class RunLock:
                     "that process is no longer running",
                     stacklevel=2,
                 )
-                if self._remove_if(current):
-                    continue
-                # someone else removed/replaced it first: look again
+                self._remove_if(current)  # if someone else removed/replaced it first, look again
                 continue
             raise RunLockedError(self.run_id, self.uri, current)
         current = read_lock(self.store, self.run_id)
@@ -220,11 +255,11 @@ class RunLock:
     def _try_create(self, info: LockInfo) -> bool:
         data = info.to_json().encode()
         fs = self.store.fs
-        path = self.store.location.to_path(self.uri)
-        if self.store.location.is_local:
+        path = self.store.path(self.uri)
+        if self.store.is_local:
             directory = os.path.dirname(path)
             os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{os.path.basename(path)}{_a.TEMP_MARKER}{info.token[:12]}")
+            tmp = os.path.join(directory, f".{os.path.basename(path)}{TEMP_MARKER}{info.token[:12]}")
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -254,19 +289,19 @@ class RunLock:
         return back is not None and back.token == info.token
 
     def _overwrite(self, info: LockInfo) -> None:
-        _a.write_bytes(self.store, self.uri, info.to_json())
+        self.store.write_bytes(self.uri, info.to_json())
 
     def _remove_if(self, expected: LockInfo) -> bool:
         """Remove the lock only if it is still ``expected``; True if removed."""
-        path = self.store.location.to_path(self.uri)
-        if self.store.location.is_local:
+        path = self.store.path(self.uri)
+        if self.store.is_local:
             aside = f"{path}.stale-{uuid.uuid4().hex[:12]}"
             try:
                 os.rename(path, aside)
             except FileNotFoundError:
                 return False
             with open(aside, "rb") as f:
-                moved = LockInfo.from_bytes(f.read(), aside)
+                moved = LockInfo.from_bytes(f.read())
             if moved.token != expected.token:  # we moved someone else's fresh lock: put it back
                 try:
                     os.link(aside, path)

@@ -1,19 +1,23 @@
 """The run manifest: what each phase of each iteration produced, from what, and when.
 
-``{store}/{run_id}/manifest.json`` (written atomically) holds run-level metadata (config
-dict, created_at, sims version) and one entry per (iteration, phase) with its status
-(``running`` | ``completed`` | ``failed``), config hash, input hashes, outputs (URI relative
-to the run directory when inside it, sha256, size, rows, fingerprint), row count, timestamps,
-duration and error message.
+``{store}/{run_id}/manifest.json`` (written atomically) holds run-level metadata (config dict,
+created_at, sims version) and one entry per (iteration, phase) with its status (``running`` |
+``completed`` | ``failed``), config hash, input hashes, outputs (URI relative to the run
+directory, sha256, size, rows, fingerprint), row count, timestamps, duration and error message.
 
-:meth:`Manifest.is_fresh` decides whether a phase can be skipped on resume and, if not, says
-exactly why. Every change re-reads the file, applies itself and writes the file back under a
-per-process lock; across processes the run lock (``storage.lock``) keeps a single writer.
+`Manifest.is_fresh` decides whether a phase can be skipped on resume and, if not, says exactly
+why. Every change re-reads the file, applies itself and writes the file back under a per-process
+lock; across processes the run lock (`storage.lock`) keeps a single writer.
 
 The entries of shards (``generations_shard_002_of_004``: see `storage.layout.shard_phase`) are
-written by workers in other processes or on other hosts, concurrently: each lives in its own
-file ``{run_id}/iter={t}/{phase}.entry.json`` (the same JSON as an entry of manifest.json), which
-only that shard writes, so no update is lost on a local disk or on S3. `Manifest.load` merges them.
+written by workers in other processes or on other hosts, concurrently: each lives in its own file
+``{run_id}/iter={t}/{phase}.entry.json`` (the same JSON as an entry of manifest.json), which only
+that shard writes, so no update is lost on a local disk or on S3. `Manifest.load` merges them.
+
+The read side trusts nothing it reads: a recorded URI must lie inside the run folder
+(`UnsafeURIError` otherwise), a damaged manifest or entry file is a `ManifestDamagedError` naming
+it (`Manifest.rebuild` recovers what can be verified), and `verified_uri` / `read_frame` /
+`read_bytes` / `verify_outputs` compare files with their recorded sha256.
 """
 
 from __future__ import annotations
@@ -29,19 +33,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import artifacts as _a
-from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
-from .store import ArtifactStore
+from sims_core.errors import NotFoundError
+from sims_core.hashing import json_default
 
-__all__ = [
-    "STATUSES",
-    "MANIFEST_FORMAT",
-    "OutputRecord",
-    "PhaseEntry",
-    "Manifest",
-    "stable_hash",
-    "utc_now",
-]
+from .errors import ArtifactMissingError, ArtifactModifiedError, ManifestDamagedError, UnsafeURIError
+from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
+from .store import ArtifactStore, WrittenArtifact
+
+__all__ = ["MANIFEST_FORMAT", "STATUSES", "Manifest", "OutputCheck", "OutputRecord", "PhaseEntry"]
 
 STATUSES: tuple[str, ...] = ("running", "completed", "failed")
 MANIFEST_FORMAT = 1
@@ -53,47 +52,19 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-def _parse_time(s: str | None) -> datetime | None:
-    return datetime.fromisoformat(s) if s else None
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if hasattr(obj, "model_dump"):  # pydantic
-        return obj.model_dump()
-    if hasattr(obj, "item"):  # numpy scalar
-        return obj.item()
-    raise TypeError(f"cannot hash/serialise a value of type {type(obj).__name__}")
-
-
-def stable_hash(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (sorted keys): a config hash stable across runs."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _short(h: str | None) -> str:
     return "none" if h is None else h[:_SHORT]
 
 
 @dataclass
 class OutputRecord:
-    """One output of a phase. ``uri`` is relative to the run directory when inside it."""
+    """One output of a phase. ``uri`` is relative to the run directory."""
 
     uri: str
     sha256: str | None = None
     size: int | None = None
     rows: int | None = None
     fingerprint: str | None = None
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OutputRecord:
-        return cls(**{f.name: d.get(f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass
@@ -114,16 +85,28 @@ class PhaseEntry:
     attempts: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["outputs"] = {k: dataclasses.asdict(v) for k, v in self.outputs.items()}
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PhaseEntry:
-        kw = {f.name: d.get(f.name) for f in dataclasses.fields(cls) if f.name in d}
-        kw["outputs"] = {k: OutputRecord.from_dict(v) for k, v in (d.get("outputs") or {}).items()}
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        kw["outputs"] = {k: OutputRecord(**v) for k, v in (d.get("outputs") or {}).items()}
         kw["input_hashes"] = dict(d.get("input_hashes") or {})
         return cls(**kw)
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """A recorded output compared with what is stored: ``state`` is ``ok``, ``missing`` or
+    ``modified`` (its sha256 is no longer the recorded one)."""
+
+    iteration: int
+    phase: str
+    name: str
+    uri: str
+    state: str
+    recorded: str | None = None
+    sha256: str | None = None
 
 
 def _is_shard(phase: str) -> bool:
@@ -146,7 +129,7 @@ def _lock_for(uri: str) -> threading.RLock:
 
 
 class Manifest:
-    """The manifest of one run. Create with :meth:`load` or :meth:`load_or_create`."""
+    """The manifest of one run. Create with `load`, `load_or_create` or `rebuild`."""
 
     def __init__(
         self,
@@ -156,18 +139,16 @@ class Manifest:
         config: dict[str, Any] | None = None,
         sims_version: str | None = None,
         created_at: str | None = None,
-        updated_at: str | None = None,
-        entries: list[PhaseEntry] | None = None,
     ) -> None:
         self.store = ArtifactStore.open(store)
         self.run_id = validate_run_id(run_id)
         self.config: dict[str, Any] = dict(config or {})
         self.sims_version = sims_version
         self.created_at = created_at or utc_now()
-        self.updated_at = updated_at
-        self._entries: dict[tuple[int, str], PhaseEntry] = {(e.iteration, e.phase): e for e in (entries or [])}
+        self.updated_at: str | None = None
+        self._entries: dict[tuple[int, str], PhaseEntry] = {}
 
-    # ------------------------------------------------------------ (de)serialisation
+    # ------------------------------------------------------------ reading and writing
     @property
     def uri(self) -> str:
         return self.store.manifest_uri(self.run_id)
@@ -184,59 +165,77 @@ class Manifest:
             "entries": [e.to_dict() for e in self.entries],
         }
 
+    def _damaged(self, source: str, why: str) -> ManifestDamagedError:
+        return ManifestDamagedError(
+            f"{source} is damaged ({why}): rebuild the manifest of run {self.run_id!r} from its artifacts with "
+            f"`sims repair {self.run_id}` (storage.Manifest.rebuild; phases whose outputs cannot be verified are "
+            "computed again)"
+        )
+
+    def _parse(self, raw: bytes, source: str) -> Any:
+        try:
+            return json.loads(raw)
+        except ValueError as exc:  # bad JSON or not UTF-8
+            raise self._damaged(source, f"not valid JSON: {exc}") from None
+
+    def _entry_from(self, d: Any, source: str) -> PhaseEntry:
+        """An entry read from ``source``, checked: its fields, and every output inside the run."""
+        try:
+            e = PhaseEntry.from_dict(d)
+            _check_key(e.iteration, e.phase)
+            if e.status not in STATUSES or not all(isinstance(o.uri, str) for o in e.outputs.values()):
+                raise ValueError(f"status {e.status!r} or an output URI is not valid")
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(source, f"an entry is not valid: {exc}") from None
+        for out in e.outputs.values():
+            out.uri = self.store.relative_to_run(self.run_id, self.store.resolve(self.run_id, out.uri, source=source))
+        return e
+
     def _sidecar_uri(self, iteration: int, phase: str) -> str:
         return self.store.run_uri(self.run_id, f"iter={int(iteration)}", f"{phase}.entry.json")
 
-    def _read_sidecars(self) -> list[PhaseEntry]:
-        fs = self.store.fs
-        run_dir = self.store.location.join(self.run_id)
-        fs.invalidate_cache(run_dir)  # s3fs caches listings; another worker may just have written one
-        pattern = f"{run_dir}/iter=*/*.entry.json"
-        out = []
-        for path in sorted(fs.glob(pattern)):
-            try:
-                out.append(PhaseEntry.from_dict(json.loads(fs.cat_file(path))))
-            except FileNotFoundError:
-                continue
-            except (json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}: shard entry is not valid ({exc})") from None
-        return out
+    def _sidecar_uris(self) -> list[str]:
+        run_dir = self.store.path(self.store.run_uri(self.run_id))
+        self.store.fs.invalidate_cache(run_dir)  # listings may be cached; another worker may just have written one
+        return [self.store._uri(p) for p in sorted(self.store.fs.glob(f"{run_dir}/iter=*/*.entry.json"))]
 
     def _apply_sidecars(self) -> None:
-        for e in self._read_sidecars():
+        for uri in self._sidecar_uris():
+            try:
+                e = self._entry_from(self._parse(self.store.read_bytes(uri), uri), uri)
+            except FileNotFoundError:
+                continue
             self._entries[(e.iteration, e.phase)] = e
 
-    def _apply_dict(self, d: dict[str, Any]) -> None:
-        fmt = d.get("format")
-        if fmt != MANIFEST_FORMAT:
-            raise ValueError(f"{self.uri}: manifest format {fmt!r} is not supported (expected {MANIFEST_FORMAT})")
+    def _apply_dict(self, d: Any) -> None:
+        if not isinstance(d, dict) or d.get("format") != MANIFEST_FORMAT:
+            fmt = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise self._damaged(self.uri, f"format {fmt!r} is not supported (expected {MANIFEST_FORMAT})")
+        if not isinstance(d.get("config") or {}, dict) or not isinstance(d.get("entries") or [], list):
+            raise self._damaged(self.uri, "'config' must be an object and 'entries' a list")
         self.config = dict(d.get("config") or {})
         self.sims_version = d.get("sims_version")
         self.created_at = d.get("created_at") or self.created_at
         self.updated_at = d.get("updated_at")
-        entries = [PhaseEntry.from_dict(e) for e in d.get("entries") or []]
+        entries = [self._entry_from(e, self.uri) for e in d.get("entries") or []]
         self._entries = {(e.iteration, e.phase): e for e in entries}
 
-    def _read_disk(self) -> dict[str, Any] | None:
+    def _read_disk(self) -> Any:
         try:
-            raw = _a.read_bytes(self.store, self.uri)
+            return self._parse(self.store.read_bytes(self.uri), self.uri)
         except FileNotFoundError:
             return None
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.uri}: manifest is not valid JSON ({exc})") from None
 
     @classmethod
     def load(cls, store: ArtifactStore | str | os.PathLike[str] | None, run_id: str) -> Manifest:
-        """Read the manifest of ``run_id``; FileNotFoundError naming the runs there if absent."""
+        """Read the manifest of ``run_id``: a `NotFoundError` naming the runs there if absent, a
+        `ManifestDamagedError` / `UnsafeURIError` naming the file if it cannot be trusted."""
         m = cls(store, run_id)
         d = m._read_disk()
         if d is None:
             runs = m.store.list_runs()
-            raise FileNotFoundError(
-                f"run {run_id!r} has no manifest at {m.uri}; runs in {m.store.url}: "
-                + (", ".join(runs) if runs else "none")
+            raise NotFoundError(
+                f"run {run_id!r} has no manifest at {m.uri}; runs in {m.store.url}: {', '.join(runs) or 'none'}"
             )
         m._apply_dict(d)
         m._apply_sidecars()
@@ -251,40 +250,25 @@ class Manifest:
         config: dict[str, Any] | None = None,
         sims_version: str | None = None,
     ) -> Manifest:
-        """Load the run's manifest, or create and save an empty one.
-
-        ``config`` / ``sims_version``, when given, replace the stored run-level values (the
-        per-phase config hashes decide what must be recomputed).
-        """
+        """Load the run's manifest, or create and save an empty one. ``config`` / ``sims_version``,
+        when given, replace the stored run-level values (the per-phase config hashes decide what
+        must be recomputed)."""
         m = cls(store, run_id)
 
         def update(mm: Manifest) -> None:
             if config is not None:
-                mm.config = json.loads(json.dumps(config, default=_json_default))
+                mm.config = json.loads(json.dumps(config, default=json_default))
             if sims_version is not None:
                 mm.sims_version = sims_version
 
         m._commit(update)
         return m
 
-    def reload(self) -> Manifest:
-        d = self._read_disk()
-        if d is not None:
-            self._apply_dict(d)
-        self._apply_sidecars()
-        return self
-
-    def save(self) -> None:
-        """Write the in-memory manifest as is (atomically)."""
-        with _lock_for(self.uri):
-            self._write()
-
     def _write(self) -> None:
         self.updated_at = utc_now()
         data = self.to_dict()
         data["entries"] = [e for e in data["entries"] if not _is_shard(e["phase"])]  # they have their own files
-        text = json.dumps(data, indent=2, sort_keys=False, default=_json_default)
-        _a.write_bytes(self.store, self.uri, text + "\n")
+        self.store.write_bytes(self.uri, json.dumps(data, indent=2, default=json_default) + "\n")
 
     def _commit(self, mutate: Callable[[Manifest], Any]) -> Any:
         """Re-read the file, apply ``mutate``, write it back: no lost updates within a process."""
@@ -305,12 +289,11 @@ class Manifest:
         uri = self._sidecar_uri(iteration, phase)
         with _lock_for(uri):
             try:  # only this shard writes this file: its previous state is all the update needs
-                self._entries[(iteration, phase)] = PhaseEntry.from_dict(json.loads(_a.read_bytes(self.store, uri)))
+                self._entries[(iteration, phase)] = self._entry_from(self._parse(self.store.read_bytes(uri), uri), uri)
             except FileNotFoundError:
                 self._entries.pop((iteration, phase), None)
             entry = mutate(self)
-            text = json.dumps(entry.to_dict(), indent=2, default=_json_default)
-            _a.write_bytes(self.store, uri, text + "\n")
+            self.store.write_bytes(uri, json.dumps(entry.to_dict(), indent=2, default=json_default) + "\n")
             return entry
 
     # ------------------------------------------------------------ queries
@@ -323,9 +306,6 @@ class Manifest:
 
     def iterations(self) -> list[int]:
         return sorted({it for it, _ in self._entries})
-
-    def phases(self, iteration: int) -> list[str]:
-        return [e.phase for e in self.entries if e.iteration == iteration]
 
     def shard_uris(self, iteration: int, phase: str) -> list[str]:
         """URIs of the completed artifact(s) of ``phase`` at ``iteration``: the plain one, or every
@@ -345,49 +325,94 @@ class Manifest:
         _, count = max(complete)
         return [self.output_uri(iteration, e.phase) for e in sorted(plans[count], key=lambda x: x.phase)]
 
-    def _require(self, iteration: int, phase: str) -> PhaseEntry:
+    def _output(self, iteration: int, phase: str, name: str | None) -> tuple[str, OutputRecord]:
         e = self.entry(iteration, phase)
         if e is None:
             raise KeyError(f"run {self.run_id!r} has no entry for iteration {iteration}, phase {phase!r}")
-        return e
-
-    def _output(self, iteration: int, phase: str, name: str | None) -> OutputRecord:
-        e = self._require(iteration, phase)
         if not e.outputs:
             raise KeyError(f"iteration {iteration}, phase {phase!r} of run {self.run_id!r} recorded no output")
         key = name or (phase if phase in e.outputs else next(iter(e.outputs)))
-        try:
-            return e.outputs[key]
-        except KeyError:
+        if key not in e.outputs:
             raise KeyError(
                 f"iteration {iteration}, phase {phase!r} has no output {key!r}; outputs: {sorted(e.outputs)}"
-            ) from None
+            )
+        return key, e.outputs[key]
 
     def output_uri(self, iteration: int, phase: str, name: str | None = None) -> str:
         """Absolute URI of a recorded output (default: the one named like the phase, else the first)."""
-        return self.store.resolve(self.run_id, self._output(iteration, phase, name).uri)
+        return self.store.run_uri(self.run_id, self._output(iteration, phase, name)[1].uri)
 
     def output_hash(self, iteration: int, phase: str, name: str | None = None) -> str | None:
-        return self._output(iteration, phase, name).sha256
+        return self._output(iteration, phase, name)[1].sha256
+
+    # ------------------------------------------------------------ verification
+    def check_output(self, iteration: int, phase: str, name: str | None = None, *, trust: bool = True) -> OutputCheck:
+        """Compare a recorded output with the stored file. With ``trust`` an unchanged fingerprint
+        (size/mtime/inode, ETag) vouches for the recorded sha256 (one stat/HEAD); otherwise, or
+        when it changed, the file is hashed (memoised per process)."""
+        return self._check(iteration, phase, *self._output(iteration, phase, name), trust=trust)
+
+    def _check(self, iteration: int, phase: str, key: str, out: OutputRecord, trust: bool = True) -> OutputCheck:
+        uri = self.store.run_uri(self.run_id, out.uri)
+        known = (out.fingerprint, out.sha256) if trust and out.fingerprint and out.sha256 else None
+        try:
+            sha = self.store.content_hash(uri, known=known)
+        except FileNotFoundError:
+            return OutputCheck(iteration, phase, key, uri, "missing", out.sha256)
+        return OutputCheck(
+            iteration, phase, key, uri, "ok" if out.sha256 in (None, sha) else "modified", out.sha256, sha
+        )
+
+    def verify_outputs(self) -> list[OutputCheck]:
+        """The recorded outputs of completed phases that are missing or modified ([] when all are
+        intact), for ``sims status`` to list beside the phase table; files whose fingerprint did
+        not change are not read."""
+        checks = [
+            self.check_output(e.iteration, e.phase, n)
+            for e in self.entries
+            if e.status == "completed"
+            for n in e.outputs
+        ]
+        return [c for c in checks if c.state != "ok"]
+
+    def verified_uri(self, iteration: int, phase: str, name: str | None = None) -> str:
+        """The URI of a recorded output after checking it is the file the phase wrote: an
+        `ArtifactMissingError` or `ArtifactModifiedError` naming the file otherwise."""
+        c = self.check_output(iteration, phase, name)
+        where = f"iteration {iteration} {phase!r} of run {self.run_id!r}"
+        if c.state == "missing":
+            raise ArtifactMissingError(f"{c.uri} is missing: {where} recorded it; resume the run to compute it again")
+        if c.state == "modified":
+            raise ArtifactModifiedError(
+                f"{c.uri} changed after {where} wrote it (sha256 {_short(c.recorded)} recorded, {_short(c.sha256)} "
+                "now); resume the run to compute it again"
+            )
+        return c.uri
+
+    def read_frame(self, iteration: int, phase: str, schema_name: str, name: str | None = None) -> Any:
+        """A recorded Parquet output as a DataFrame, verified first (see `verified_uri`)."""
+        return self.store.read_frame(self.verified_uri(iteration, phase, name), schema_name)
+
+    def read_bytes(self, iteration: int, phase: str, name: str | None = None) -> bytes:
+        """A recorded output's bytes, checked against the recorded sha256 (the bytes read are hashed)."""
+        _, out = self._output(iteration, phase, name)
+        data = self.store.read_bytes(self.output_uri(iteration, phase, name))
+        if out.sha256 is not None and hashlib.sha256(data).hexdigest() != out.sha256:
+            return self.store.read_bytes(self.verified_uri(iteration, phase, name))  # raises, naming the file
+        return data
 
     # ------------------------------------------------------------ updates
-    def _make_output(self, value: str | _a.WrittenArtifact | OutputRecord) -> OutputRecord:
+    def _make_output(self, value: str | WrittenArtifact | OutputRecord, source: str) -> OutputRecord:
         if isinstance(value, OutputRecord):
             rec = dataclasses.replace(value)
-            full = self.store.resolve(self.run_id, rec.uri)
+        elif isinstance(value, WrittenArtifact):
+            rec = OutputRecord(value.uri, value.sha256, value.size, value.rows, value.fingerprint)
         else:
-            if isinstance(value, _a.WrittenArtifact):
-                full, sha, size, rows, fp = value.uri, value.sha256, value.size, value.rows, value.fingerprint
-            else:
-                full, rows, size = str(value), None, None
-                fp = _a.fingerprint(self.store, full)
-                if fp is None:
-                    raise FileNotFoundError(f"output {full} does not exist; write it before recording it")
-                sha = _a.content_hash(self.store, full)
-            rec = OutputRecord(uri=full, sha256=sha, size=size, rows=rows, fingerprint=fp)
-        rel = self.store.relative_to_run(self.run_id, full)
-        if rel is not None:
-            rec.uri = rel
+            fp = self.store.fingerprint(str(value))
+            if fp is None:
+                raise NotFoundError(f"output {value} does not exist; write it before recording it")
+            rec = OutputRecord(str(value), self.store.content_hash(str(value)), fingerprint=fp)
+        rec.uri = self.store.relative_to_run(self.run_id, self.store.resolve(self.run_id, rec.uri, source=source))
         return rec
 
     def record(
@@ -398,7 +423,7 @@ class Manifest:
         *,
         config_hash: str | None = None,
         input_hashes: dict[str, str] | None = None,
-        outputs: dict[str, str | _a.WrittenArtifact | OutputRecord] | None = None,
+        outputs: dict[str, str | WrittenArtifact | OutputRecord] | None = None,
         rows: int | None = None,
         started_at: str | None = None,
         finished_at: str | None = None,
@@ -409,12 +434,14 @@ class Manifest:
 
         Fields left as None keep their previous value, except that a new status other than
         'failed' clears the error. Output hashes of plain URIs are computed here; rows default
-        to the main output's row count; duration defaults to finished_at - started_at.
+        to the main output's row count; duration defaults to finished_at - started_at. An output
+        outside the run folder is an `UnsafeURIError`.
         """
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         _check_key(iteration, phase)
-        built = {k: self._make_output(v) for k, v in (outputs or {}).items()}
+        source = f"the outputs of iteration {iteration} {phase!r}"
+        built = {k: self._make_output(v, source) for k, v in (outputs or {}).items()}
         if isinstance(error, BaseException):
             error = f"{type(error).__name__}: {error}"
 
@@ -422,25 +449,20 @@ class Manifest:
             old = m._entries.get((iteration, phase))
             e = dataclasses.replace(old) if old else PhaseEntry(iteration=iteration, phase=phase, status=status)
             e.status = status
-            if config_hash is not None:
-                e.config_hash = config_hash
-            if input_hashes is not None:
-                e.input_hashes = dict(input_hashes)
+            e.config_hash = config_hash if config_hash is not None else e.config_hash
+            e.input_hashes = dict(input_hashes) if input_hashes is not None else e.input_hashes
+            e.started_at = started_at or e.started_at
+            e.finished_at = finished_at or e.finished_at
             if outputs is not None:
                 e.outputs = built
-            if started_at is not None:
-                e.started_at = started_at
-            if finished_at is not None:
-                e.finished_at = finished_at
-            if rows is not None:
-                e.rows = int(rows)
-            elif outputs is not None:
                 main = built.get(phase) or next(iter(built.values()), None)
                 e.rows = main.rows if main is not None else None
+            e.rows = int(rows) if rows is not None else e.rows
             if duration_s is not None:
                 e.duration_s = float(duration_s)
             elif e.started_at and e.finished_at:
-                e.duration_s = round((_parse_time(e.finished_at) - _parse_time(e.started_at)).total_seconds(), 3)
+                delta = datetime.fromisoformat(e.finished_at) - datetime.fromisoformat(e.started_at)
+                e.duration_s = round(delta.total_seconds(), 3)
             e.error = error if status == "failed" else None
             m._entries[(iteration, phase)] = e
             return e
@@ -448,12 +470,7 @@ class Manifest:
         return self._commit_entry(iteration, phase, mutate)
 
     def start(
-        self,
-        iteration: int,
-        phase: str,
-        *,
-        config_hash: str,
-        input_hashes: dict[str, str] | None = None,
+        self, iteration: int, phase: str, *, config_hash: str, input_hashes: dict[str, str] | None = None
     ) -> PhaseEntry:
         """Mark (iteration, phase) running: new start time, outputs cleared, attempt counted."""
         _check_key(iteration, phase)
@@ -461,14 +478,9 @@ class Manifest:
 
         def mutate(m: Manifest) -> PhaseEntry:
             old = m._entries.get((iteration, phase))
+            attempts = (old.attempts if old else 0) + 1
             e = PhaseEntry(
-                iteration=iteration,
-                phase=phase,
-                status="running",
-                config_hash=config_hash,
-                input_hashes=dict(input_hashes or {}),
-                started_at=now,
-                attempts=(old.attempts if old else 0) + 1,
+                iteration, phase, "running", config_hash, dict(input_hashes or {}), started_at=now, attempts=attempts
             )
             m._entries[(iteration, phase)] = e
             return e
@@ -479,7 +491,7 @@ class Manifest:
         self,
         iteration: int,
         phase: str,
-        outputs: dict[str, str | _a.WrittenArtifact | OutputRecord],
+        outputs: dict[str, str | WrittenArtifact | OutputRecord],
         *,
         rows: int | None = None,
         config_hash: str | None = None,
@@ -503,13 +515,7 @@ class Manifest:
 
     # ------------------------------------------------------------ freshness
     def is_fresh(
-        self,
-        iteration: int,
-        phase: str,
-        config_hash: str,
-        input_hashes: dict[str, str] | None = None,
-        *,
-        verify_outputs: bool = True,
+        self, iteration: int, phase: str, config_hash: str, input_hashes: dict[str, str] | None = None
     ) -> tuple[bool, str]:
         """Whether (iteration, phase) can be skipped, and why (not).
 
@@ -517,8 +523,7 @@ class Manifest:
         <error>``, ``previous attempt did not finish ...``, ``config changed (hash a -> b)``,
         ``input 'name' changed (hash a -> b)`` / ``is new`` / ``is no longer an input``,
         ``output file missing: <uri>``, ``output 'name' changed since it was written ...``.
-        With ``verify_outputs`` an output whose fingerprint differs from the recorded one is
-        re-hashed (an unchanged fingerprint is trusted and costs one stat/HEAD).
+        An output whose fingerprint is unchanged is trusted (one stat/HEAD); otherwise it is hashed.
         """
         e = self.entry(iteration, phase)
         if e is None:
@@ -529,58 +534,96 @@ class Manifest:
             return False, f"previous attempt did not finish (status '{e.status}' since {e.started_at})"
         if e.config_hash != config_hash:
             return False, f"config changed (hash {_short(e.config_hash)} -> {_short(config_hash)})"
-        new = dict(input_hashes or {})
-        reasons = []
-        for name in sorted(set(e.input_hashes) | set(new)):
-            if name not in e.input_hashes:
+        new, old, reasons = dict(input_hashes or {}), e.input_hashes, []
+        for name in sorted(set(old) | set(new)):
+            if name not in old:
                 reasons.append(f"input '{name}' is new")
             elif name not in new:
                 reasons.append(f"input '{name}' is no longer an input")
-            elif e.input_hashes[name] != new[name]:
-                reasons.append(f"input '{name}' changed (hash {_short(e.input_hashes[name])} -> {_short(new[name])})")
+            elif old[name] != new[name]:
+                reasons.append(f"input '{name}' changed (hash {_short(old[name])} -> {_short(new[name])})")
         if reasons:
             return False, "; ".join(reasons)
         if not e.outputs:
             return False, "no previous output"
-        for name, out in e.outputs.items():
-            full = self.store.resolve(self.run_id, out.uri)
-            fp = _a.fingerprint(self.store, full)
-            if fp is None:
-                return False, f"output file missing: {full}"
-            if out.fingerprint is not None and fp == out.fingerprint and out.sha256:
-                _a.remember_hash(self.store, full, out.sha256, fp)
-                continue
-            if verify_outputs and out.sha256:
-                sha = _a.content_hash(self.store, full)
-                if sha != out.sha256:
-                    return False, (
-                        f"output '{name}' changed since it was written "
-                        f"(hash {_short(out.sha256)} -> {_short(sha)}): {full}"
-                    )
+        for name in e.outputs:
+            c = self.check_output(iteration, phase, name)
+            if c.state == "missing":
+                return False, f"output file missing: {c.uri}"
+            if c.state == "modified":
+                why = f"hash {_short(c.recorded)} -> {_short(c.sha256)}"
+                return False, f"output '{name}' changed since it was written ({why}): {c.uri}"
         return True, f"up to date (completed {e.finished_at})"
+
+    # ------------------------------------------------------------ recovery
+    @classmethod
+    def rebuild(cls, store: ArtifactStore | str | os.PathLike[str] | None, run_id: str) -> tuple[Manifest, list[str]]:
+        """Rebuild the manifest of ``run_id`` from what can be verified, after ``manifest.json`` or
+        a shard's entry file was damaged or tampered with; call it holding the run lock.
+
+        Keeps the run-level fields (config, sims version, creation time) of a readable
+        manifest.json, and every entry of manifest.json and of the shard entry files that can be
+        read, names only files inside the run, and whose recorded outputs still hash to their
+        recorded sha256 (the files are read: recorded fingerprints are not trusted); failed and running entries are kept as
+        they are. Every other entry is dropped: the config and input hashes of a lost entry
+        cannot be known, so its phase is computed again on resume (correct, slower). An
+        unreadable file is kept beside itself as ``<name>.damaged``; the entry files of dropped
+        shard entries are deleted. Artifact files that no entry names stay where they are (a
+        recomputed phase overwrites them). Returns the saved manifest and one sentence per
+        dropped entry or damaged file."""
+        m, notes, found = cls(store, run_id), [], []
+        with _lock_for(m.uri):
+            for uri in [m.uri, *m._sidecar_uris()]:
+                try:
+                    raw = m.store.read_bytes(uri)
+                except FileNotFoundError:
+                    continue
+                try:
+                    d = json.loads(raw)
+                    if not isinstance(d, dict):
+                        raise ValueError(f"a JSON {type(d).__name__}, not an object")
+                except ValueError as exc:
+                    notes.append(f"{uri} was not valid JSON ({exc}); kept as {uri}.damaged")
+                    m.store.write_bytes(f"{uri}.damaged", raw)
+                    m.store.delete(uri)
+                    continue
+                if uri != m.uri:
+                    found.append((uri, d))
+                    continue
+                m.config = d["config"] if isinstance(d.get("config"), dict) else {}
+                m.sims_version, m.created_at = d.get("sims_version"), d.get("created_at") or m.created_at
+                found += [(uri, e) for e in (d["entries"] if isinstance(d.get("entries"), list) else [])]
+            for uri, d in found:
+                try:
+                    e = m._entry_from(d, uri)
+                    checks = [m._check(e.iteration, e.phase, k, o, False) for k, o in e.outputs.items()]
+                    bad = [c for c in checks if c.state != "ok" and e.status == "completed"]
+                except (ManifestDamagedError, UnsafeURIError) as exc:
+                    e, bad = None, [str(exc)]
+                if e is not None and not bad:
+                    m._entries[(e.iteration, e.phase)] = e
+                    continue
+                what = f"iteration {e.iteration} {e.phase!r}" if e is not None else f"an entry of {uri}"
+                why = bad[0] if isinstance(bad[0], str) else f"output {bad[0].name!r} is {bad[0].state}: {bad[0].uri}"
+                notes.append(f"dropped {what} (its phase is computed again): {why}")
+                if uri != m.uri:
+                    m.store.delete(uri)
+            m._write()
+        return m, notes
 
     # ------------------------------------------------------------ reporting
     def to_frame(self) -> Any:
         """A pandas table for ``sims status``: iteration, phase, status, rows, seconds, finished_at, error."""
         import pandas as pd
 
+        columns = ["iteration", "phase", "status", "rows", "seconds", "finished_at", "error"]
         rows = [
-            {
-                "iteration": e.iteration,
-                "phase": e.phase,
-                "status": e.status,
-                "rows": e.rows,
-                "seconds": e.duration_s if e.duration_s is not None else math.nan,
-                "finished_at": e.finished_at,
-                "error": e.error,
-            }
+            [e.iteration, e.phase, e.status, e.rows, math.nan if e.duration_s is None else e.duration_s]
+            + [e.finished_at, e.error]
             for e in self.entries
         ]
-        df = pd.DataFrame(rows, columns=["iteration", "phase", "status", "rows", "seconds", "finished_at", "error"])
-        df["iteration"] = df["iteration"].astype("int64")
-        df["rows"] = df["rows"].astype("Int64")
-        df["seconds"] = df["seconds"].astype("float64")
-        return df
+        df = pd.DataFrame(rows, columns=columns)
+        return df.astype({"iteration": "int64", "rows": "Int64", "seconds": "float64"})
 
     def __repr__(self) -> str:
         return f"Manifest(run_id={self.run_id!r}, store={self.store.url!r}, entries={len(self._entries)})"

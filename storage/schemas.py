@@ -1,19 +1,21 @@
 """Declared pyarrow schemas of the Parquet artifacts, and their checks.
 
-``SCHEMAS`` maps an artifact name to its schema. Declared columns come first, in order; a
-schema whose metadata says ``sims.allow_extra_columns = true`` accepts further columns after
-them (``allows_extra_columns(name)``); the others refuse any column they do not declare.
+``SCHEMAS`` maps an artifact name to its schema; it is the one place that lists an artifact's
+columns: tasks hand rows (dicts) to `ArtifactStore.write_table`, which puts them in declared order.
+Declared columns come first, in order; a schema whose metadata says
+``sims.allow_extra_columns = true`` accepts further columns after them (`allows_extra_columns`);
+the others refuse any column they do not declare. A field tagged ``sims.optional`` may be absent
+(files written before it existed, or data that has none): reading fills it with nulls. A field tagged
+``sims.values`` only takes the listed values.
 
-The ``values`` column of ``activations`` is a fixed-size list whose length is the model's
-hidden size and whose element type is float16 or float32; the registry holds a placeholder
-(``list<float32>``) tagged with ``sims.fixed_size_list`` metadata, and
-:func:`activations_schema` builds the concrete schema for a given hidden size and dtype.
+The ``values`` column of ``activations`` is a fixed-size list whose length is the model's hidden
+size and whose element type is float16 or float32; the registry holds a placeholder tagged with
+``sims.fixed_size_list``, and `activations_schema` builds the concrete schema for a hidden size.
 
-Writing *conforms* a table to its schema (:func:`conform_table`): columns are put in declared
-order and cast within their kind (int64 -> int32 with overflow checks, large_string ->
-string, list<float> -> fixed_size_list); anything else is an :class:`ArtifactSchemaError`.
-Reading *checks* the file's schema (:func:`check_schema`). Every error names the file, the
-column and the expected type.
+Writing *conforms* a table to its schema (`conform_table`): columns are put in declared order and
+cast within their kind (int64 -> int32 with overflow checks, large_string -> string,
+list<float> -> fixed_size_list); anything else is an `ArtifactSchemaError`. Reading *checks* the
+file's schema (`check_schema`). Every error names the file, the column and the expected type.
 """
 
 from __future__ import annotations
@@ -23,121 +25,104 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sims_core.errors import UserError
+from .errors import ArtifactSchemaError
 
 __all__ = [
-    "ArtifactSchemaError",
-    "SCHEMAS",
     "ACTIVATION_DTYPES",
     "ACTIVATION_ROLES",
+    "SCHEMAS",
     "activations_schema",
     "allows_extra_columns",
-    "schema_for",
-    "describe_type",
-    "conform_table",
     "check_schema",
+    "conform_table",
+    "fill_optional",
+    "schema_for",
 ]
 
-_EXTRA = b"sims.allow_extra_columns"
-_FSL = b"sims.fixed_size_list"
-
+_EXTRA, _FSL, _OPTIONAL, _VALUES = (
+    b"sims.allow_extra_columns",
+    b"sims.fixed_size_list",
+    b"sims.optional",
+    b"sims.values",
+)
 ACTIVATION_DTYPES: tuple[str, ...] = ("float16", "float32")
 ACTIVATION_ROLES: tuple[str, ...] = ("chosen", "rejected")
 
 
-class ArtifactSchemaError(UserError):
-    """A table does not match its declared schema (missing, wrong or unexpected column)."""
-
-    def __init__(
-        self,
-        path: str,
-        column: str,
-        problem: str,
-        expected: str | None = None,
-        schema_name: str | None = None,
-    ) -> None:
-        self.path = path
-        self.column = column
-        self.problem = problem
-        self.expected = expected
-        self.schema_name = schema_name
-        msg = f"{path}: column '{column}' {problem}"
-        if expected is not None:
-            msg += f"; expected {expected}"
-        if schema_name is not None:
-            msg += f" (artifact schema '{schema_name}')"
-        super().__init__(msg)
-
-
-def _s(name: str, nullable: bool = False) -> pa.Field:
-    return pa.field(name, pa.string(), nullable=nullable)
+def _f(name: str, kind: pa.DataType = pa.string(), null: bool = False, optional: bool = False, values=()) -> pa.Field:
+    meta = {_OPTIONAL: b"true"} if optional else {}
+    if values:
+        meta[_VALUES] = "|".join(values).encode()
+    return pa.field(name, kind, nullable=null or optional, metadata=meta or None)
 
 
 def _schema(name: str, fields: list[pa.Field], allow_extra: bool) -> pa.Schema:
-    return pa.schema(
-        fields,
-        metadata={b"sims.artifact": name.encode(), _EXTRA: b"true" if allow_extra else b"false"},
-    )
+    return pa.schema(fields, metadata={b"sims.artifact": name.encode(), _EXTRA: b"true" if allow_extra else b"false"})
 
 
+_GENERATED = [
+    _f("prompt_id"),
+    _f("prompt"),
+    _f("sample_index", pa.int32()),
+    _f("text"),
+    _f("num_tokens", pa.int32()),
+    _f("finish_reason"),
+    _f("seed", pa.int64()),
+]
 _VALUES_PLACEHOLDER = pa.field("values", pa.list_(pa.float32()), nullable=False, metadata={_FSL: b"float16|float32"})
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "prompts": _schema("prompts", [_s("prompt_id"), _s("prompt"), _s("split")], allow_extra=True),
-    "generations": _schema(
-        "generations",
-        [
-            _s("prompt_id"),
-            _s("prompt"),
-            pa.field("sample_index", pa.int32(), nullable=False),
-            _s("text"),
-            pa.field("num_tokens", pa.int32(), nullable=False),
-            _s("finish_reason"),
-            pa.field("seed", pa.int64(), nullable=False),
-        ],
-        allow_extra=False,
+    "prompts": _schema(
+        "prompts",
+        [_f("prompt_id"), _f("prompt"), _f("split"), _f("category", optional=True), _f("reference", optional=True)],
+        allow_extra=True,
     ),
+    "generations": _schema("generations", _GENERATED, allow_extra=False),
     "rankings": _schema(
         "rankings",
         [
-            _s("prompt_id"),
-            pa.field("sample_index", pa.int32(), nullable=False),
-            pa.field("score", pa.float64(), nullable=False),
-            pa.field("rank", pa.int32(), nullable=False),
-            _s("oracle"),
+            _f("prompt_id"),
+            _f("sample_index", pa.int32()),
+            _f("score", pa.float64()),
+            _f("rank", pa.int32()),
+            _f("oracle"),
         ],
         allow_extra=True,
     ),
     "buffer": _schema(
         "buffer",
         [
-            _s("pair_id"),
-            _s("prompt_id"),
-            _s("prompt"),
-            _s("chosen"),
-            _s("rejected"),
-            pa.field("margin", pa.float64(), nullable=False),
-            pa.field("source_iteration", pa.int32(), nullable=False),
-            _s("source"),
+            *(_f(n) for n in ("pair_id", "prompt_id", "prompt", "chosen", "rejected")),
+            _f("margin", pa.float64()),
+            _f("source_iteration", pa.int32()),
+            _f("source"),
+            _f("chosen_score", pa.float64(), null=True),  # None for pairs made without an oracle
+            _f("rejected_score", pa.float64(), null=True),
         ],
         allow_extra=True,
     ),
     "activations": _schema(
         "activations",
-        [
-            _s("pair_id"),
-            _s("role"),
-            pa.field("layer", pa.int32(), nullable=False),
-            pa.field("token_count", pa.int32(), nullable=False),
-            _VALUES_PLACEHOLDER,
-        ],
+        [_f("pair_id"), _f("role"), _f("layer", pa.int32()), _f("token_count", pa.int32()), _VALUES_PLACEHOLDER],
         allow_extra=False,
     ),
-    "eval": _schema(
-        "eval",
-        [_s("metric"), pa.field("value", pa.float64(), nullable=True)],
+    # One row per strength candidate tried on the validation prompts (row 0: unsteered).
+    "selection": _schema(
+        "selection",
+        [
+            _f("layers"),  # "15,18" ("" for the unsteered row)
+            _f("alpha", pa.float64()),
+            _f("score", pa.float64(), optional=True),  # the oracle's mean on validation prompts (absent before 0.2)
+            _f("nll", pa.float64(), null=True),  # mean NLL per token under the unsteered model
+            _f("fluent", pa.bool_()),
+            _f("chosen", pa.bool_()),
+        ],
         allow_extra=True,
     ),
+    "eval": _schema("eval", [_f("metric"), _f("value", pa.float64(), null=True)], allow_extra=True),
+    # The base model's answers to the held-out prompts, sampled once per run: the baseline every
+    # iteration's eval compares with, and the best-of-N candidates (with the oracle's choice).
+    "baseline": _schema("baseline", [*_GENERATED, _f("kind", values=("baseline", "candidate"))], allow_extra=True),
 }
 
 
@@ -150,8 +135,7 @@ def schema_for(name: str) -> pa.Schema:
 
 
 def allows_extra_columns(name: str) -> bool:
-    meta = schema_for(name).metadata or {}
-    return meta.get(_EXTRA) == b"true"
+    return (schema_for(name).metadata or {}).get(_EXTRA) == b"true"
 
 
 def activations_schema(hidden: int, dtype: str = "float32") -> pa.Schema:
@@ -161,22 +145,17 @@ def activations_schema(hidden: int, dtype: str = "float32") -> pa.Schema:
     if not isinstance(hidden, int) or hidden <= 0:
         raise ValueError(f"hidden size must be a positive int, got {hidden!r}")
     base = SCHEMAS["activations"]
-    fields = [
-        pa.field("values", pa.list_(pa.from_numpy_dtype(dtype), hidden), nullable=False) if f.name == "values" else f
-        for f in base
-    ]
-    return pa.schema(fields, metadata=base.metadata)
+    values = pa.field("values", pa.list_(pa.from_numpy_dtype(dtype), hidden), nullable=False)
+    return pa.schema([values if f.name == "values" else f for f in base], metadata=base.metadata)
 
 
-def _is_fsl_placeholder(field: pa.Field) -> bool:
-    return bool(field.metadata and _FSL in field.metadata)
+def _meta(field: pa.Field, key: bytes) -> bytes | None:
+    return (field.metadata or {}).get(key)
 
 
-def describe_type(field: pa.Field) -> str:
+def _describe(field: pa.Field) -> str:
     """The expected type of a declared field, as an error message shows it."""
-    if _is_fsl_placeholder(field):
-        return "fixed_size_list<float16|float32>[hidden]"
-    return str(field.type)
+    return "fixed_size_list<float16|float32>[hidden]" if _meta(field, _FSL) else str(field.type)
 
 
 def _is_stringish(t: pa.DataType) -> bool:
@@ -186,17 +165,13 @@ def _is_stringish(t: pa.DataType) -> bool:
 
 
 def _fsl_ok(t: pa.DataType) -> bool:
-    return (
-        pa.types.is_fixed_size_list(t)
-        and t.list_size > 0
-        and (pa.types.is_float16(t.value_type) or pa.types.is_float32(t.value_type))
-    )
+    return pa.types.is_fixed_size_list(t) and t.list_size > 0 and t.value_type in (pa.float16(), pa.float32())
 
 
 def _cast_column(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
     """Cast within a type's kind; raises TypeError/ArrowInvalid when not allowed or lossy."""
     src, dst = col.type, field.type
-    if _is_fsl_placeholder(field):
+    if _meta(field, _FSL):
         if _fsl_ok(src):
             return col
         if (pa.types.is_list(src) or pa.types.is_large_list(src) or pa.types.is_fixed_size_list(src)) and (
@@ -210,9 +185,7 @@ def _cast_column(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
         raise TypeError("not a list of floats")
     if src.equals(dst):
         return col
-    if pa.types.is_string(dst) and _is_stringish(src):
-        return col.cast(dst)
-    if pa.types.is_null(src):  # all-null column: the null check below names it
+    if (pa.types.is_string(dst) and _is_stringish(src)) or pa.types.is_null(src):  # all-null: checked below
         return col.cast(dst)
     if pa.types.is_integer(dst) and pa.types.is_integer(src):
         return col.cast(dst, safe=True)
@@ -221,112 +194,110 @@ def _cast_column(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
     raise TypeError("different kind of type")
 
 
+def _declared(schema: str | pa.Schema, schema_name: str | None) -> tuple[pa.Schema, str, bool]:
+    declared = schema_for(schema) if isinstance(schema, str) else schema
+    name = schema if isinstance(schema, str) else schema_name or (declared.metadata or {}).get(b"sims.artifact", b"?")
+    name = name.decode() if isinstance(name, bytes) else name
+    return declared, name, (declared.metadata or {}).get(_EXTRA) == b"true"
+
+
+def _from_rows(rows: list[dict[str, Any]], declared: pa.Schema, path: str, schema_name: str) -> pa.Table:
+    """A table of ``rows`` (dicts): declared columns first; with no rows, every declared column, empty."""
+    columns: dict[str, pa.Array] = {}
+    for name in dict.fromkeys([*declared.names, *(k for row in rows for k in row)]):
+        if rows and all(name not in row for row in rows):
+            continue  # a declared column no row has: the checks name it
+        try:
+            columns[name] = pa.array([row.get(name) for row in rows]) if rows else pa.nulls(0)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ArtifactSchemaError(
+                path, name, f"has values that cannot be stored ({exc})", None, schema_name
+            ) from None
+    return pa.table(columns)
+
+
+def fill_optional(table: pa.Table, schema: str | pa.Schema) -> pa.Table:
+    """``table`` with each optional declared column it lacks added (all null) at its declared place."""
+    declared, _, _ = _declared(schema, None)
+    for i, field in enumerate(declared):
+        if _meta(field, _OPTIONAL) and field.name not in table.column_names:
+            table = table.add_column(min(i, table.num_columns), field, pa.nulls(table.num_rows, field.type))
+    return table
+
+
 def conform_table(
     data: Any, schema: str | pa.Schema, path: str = "<table>", schema_name: str | None = None
 ) -> pa.Table:
-    """Return ``data`` (a pyarrow Table or pandas DataFrame) conformed to ``schema``.
-
-    ``schema`` is a registry name or a concrete schema (``schema_name`` then names it in
-    errors and decides whether extra columns are allowed).
-    """
-    if isinstance(schema, str):
-        schema_name = schema
-        declared = schema_for(schema)
-    else:
-        declared = schema
-        schema_name = schema_name or (declared.metadata or {}).get(b"sims.artifact", b"?").decode()
-    allow_extra = (declared.metadata or {}).get(_EXTRA) == b"true"
-    if isinstance(data, pa.RecordBatch):
+    """Return ``data`` (a list of row dicts, a pyarrow Table/RecordBatch or a pandas DataFrame)
+    conformed to ``schema``: a registry name, or a concrete schema (``schema_name`` then names it in
+    errors; its metadata decides whether extra columns are allowed)."""
+    declared, schema_name, allow_extra = _declared(schema, schema_name)
+    if isinstance(data, list):
+        data = _from_rows(data, declared, path, schema_name)
+    elif isinstance(data, pa.RecordBatch):
         data = pa.Table.from_batches([data])
-    if not isinstance(data, pa.Table):
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover - pandas is a dependency
-            pd = None
-        if pd is not None and isinstance(data, pd.DataFrame):
-            data = pa.Table.from_pandas(data, preserve_index=False)
-        else:
-            raise TypeError(f"{path}: expected a pyarrow Table or pandas DataFrame, got {type(data)!r}")
+    elif not isinstance(data, pa.Table):
+        import pandas as pd
+
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(f"{path}: expected a list of row dicts, a pyarrow Table or a DataFrame, got {type(data)!r}")
+        data = pa.Table.from_pandas(data, preserve_index=False)
     table: pa.Table = data
     names = table.column_names
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ArtifactSchemaError(path, dup, "appears more than once", schema_name=schema_name)
-    columns: list[pa.ChunkedArray] = []
-    fields: list[pa.Field] = []
-    declared_names = set(declared.names)
+    columns, fields = [], []
     for field in declared:
         if field.name not in names:
-            raise ArtifactSchemaError(path, field.name, "is missing", describe_type(field), schema_name)
+            if _meta(field, _OPTIONAL):  # left out of the file; readers see it as nulls
+                continue
+            raise ArtifactSchemaError(path, field.name, "is missing", _describe(field), schema_name)
         col = table.column(field.name)
         try:
             cast = _cast_column(col, field)
         except (TypeError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise ArtifactSchemaError(
-                path,
-                field.name,
-                f"has type {col.type} which cannot be stored ({exc})",
-                describe_type(field),
-                schema_name,
-            ) from None
+            problem = f"has type {col.type} which cannot be stored ({exc})"
+            raise ArtifactSchemaError(path, field.name, problem, _describe(field), schema_name) from None
         if not field.nullable and cast.null_count:
-            raise ArtifactSchemaError(
-                path,
-                field.name,
-                f"has {cast.null_count} null value(s) but may not be null",
-                f"{describe_type(field)} without nulls",
-                schema_name,
-            )
+            problem = f"has {cast.null_count} null value(s) but may not be null"
+            raise ArtifactSchemaError(path, field.name, problem, f"{_describe(field)} without nulls", schema_name)
+        allowed = _meta(field, _VALUES)
+        bad = sorted(set(pc.unique(cast).to_pylist()) - set(allowed.decode().split("|")) - {None}) if allowed else []
+        if bad:
+            expected = f"one of {allowed.decode().split('|')}"
+            raise ArtifactSchemaError(path, field.name, f"has value(s) {bad[:3]}", expected, schema_name)
         columns.append(cast)
         fields.append(pa.field(field.name, cast.type, nullable=field.nullable))
-    extras = [n for n in names if n not in declared_names]
+    extras = [n for n in names if n not in declared.names]
     if extras and not allow_extra:
-        raise ArtifactSchemaError(
-            path,
-            extras[0],
-            f"is not declared (type {table.column(extras[0]).type}) and this artifact allows no extra columns",
-            f"only the columns {declared.names}",
-            schema_name,
-        )
-    for name in extras:
-        columns.append(table.column(name))
-        fields.append(table.schema.field(name))
+        problem = f"is not declared (type {table.column(extras[0]).type}) and this artifact allows no extra columns"
+        raise ArtifactSchemaError(path, extras[0], problem, f"only the columns {declared.names}", schema_name)
+    columns += [table.column(n) for n in extras]
+    fields += [table.schema.field(n) for n in extras]
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=declared.metadata))
 
 
 def check_schema(actual: pa.Schema, schema: str | pa.Schema, path: str, schema_name: str | None = None) -> None:
-    """Raise :class:`ArtifactSchemaError` unless ``actual`` (a file's schema) fits ``schema``.
+    """Raise `ArtifactSchemaError` unless ``actual`` (a file's schema) fits ``schema``.
 
-    Declared columns must be present with the declared type (string / large_string /
-    dictionary<string> count as string); undeclared columns are refused unless allowed.
-    """
-    if isinstance(schema, str):
-        schema_name = schema
-        declared = schema_for(schema)
-    else:
-        declared = schema
-        schema_name = schema_name or (declared.metadata or {}).get(b"sims.artifact", b"?").decode()
-    allow_extra = (declared.metadata or {}).get(_EXTRA) == b"true"
-    names = actual.names
+    Declared columns must be present (optional ones may be absent) with the declared type
+    (string / large_string / dictionary<string> count as string); undeclared columns are
+    refused unless allowed."""
+    declared, schema_name, allow_extra = _declared(schema, schema_name)
     for field in declared:
-        if field.name not in names:
-            raise ArtifactSchemaError(path, field.name, "is missing", describe_type(field), schema_name)
+        if field.name not in actual.names:
+            if _meta(field, _OPTIONAL):
+                continue
+            raise ArtifactSchemaError(path, field.name, "is missing", _describe(field), schema_name)
         got = actual.field(field.name).type
-        if _is_fsl_placeholder(field):
+        if _meta(field, _FSL):
             ok = _fsl_ok(got)
-        elif pa.types.is_string(field.type):
-            ok = _is_stringish(got)
         else:
-            ok = got.equals(field.type)
+            ok = _is_stringish(got) if pa.types.is_string(field.type) else got.equals(field.type)
         if not ok:
-            raise ArtifactSchemaError(path, field.name, f"has type {got}", describe_type(field), schema_name)
-    if not allow_extra:
-        for name in names:
-            if name not in declared.names:
-                raise ArtifactSchemaError(
-                    path,
-                    name,
-                    f"is not declared (type {actual.field(name).type}) and this artifact allows no extra columns",
-                    f"only the columns {declared.names}",
-                    schema_name,
-                )
+            raise ArtifactSchemaError(path, field.name, f"has type {got}", _describe(field), schema_name)
+    extra = next((n for n in actual.names if n not in declared.names), None)
+    if extra is not None and not allow_extra:
+        problem = f"is not declared (type {actual.field(extra).type}) and this artifact allows no extra columns"
+        raise ArtifactSchemaError(path, extra, problem, f"only the columns {declared.names}", schema_name)

@@ -1,4 +1,4 @@
-"""Task: turn rankings into preference pairs and merge them into the contrast-sampling bank."""
+"""The buffer phase: rankings become preference pairs, merged into the contrast-sampling bank."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sims_core.pairs import PreferenceBuffer, PreferencePair, pairs_from_scores
+from sims_core.errors import UserError
+from sims_core.preferences import PreferenceBuffer, PreferencePair, pairs_from_scores
+from sims_core.prompts import prompt_id
 from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
 
-__all__ = ["build_buffer", "pair_id", "pairs_from_frame"]
+__all__ = ["BUFFER_FIELDS", "buffer_phase", "pair_id", "pairs_from_frame"]
 
 BUFFER_FIELDS = ("pair_strategy", "pairs_per_prompt", "min_margin", "memory", "buffer_budget")
 
@@ -36,8 +38,8 @@ def pairs_from_frame(frame: pd.DataFrame) -> list[PreferencePair]:
     ]
 
 
-@task(name="build-buffer", cache_policy=NO_CACHE)
-def build_buffer(
+@task(name="buffer", cache_policy=NO_CACHE)
+def buffer_phase(
     ctx: PhaseContext, generations_uris: list[str], rankings_uris: list[str], previous_buffer_uri: str | None
 ) -> str:
     """Best-vs-worst (or top-m vs bottom-m) pairs of this iteration, merged with the previous
@@ -45,7 +47,7 @@ def build_buffer(
     Reads every shard of the generations and rankings phases and merges them in prompt-id order."""
 
     def compute():
-        cfg = ctx.cfg
+        cfg = ctx.config
         log = phase_logger()
         store = ctx.store
         gens = store.read_frames(generations_uris, "generations")
@@ -89,31 +91,30 @@ def build_buffer(
             report.dropped or "none",
         )
         if not bank.pairs:
-            raise ValueError(
+            raise UserError(
                 f"iteration {ctx.iteration}: no preference pairs survived (skipped {skipped}, dropped "
                 f"{report.dropped}); the oracle {cfg.oracle!r} may score every answer alike, or min_margin="
                 f"{cfg.min_margin} is too high"
             )
-        ids = {p: i for i, p in zip(merged["prompt_id"], merged["prompt"])}
-        frame = pd.DataFrame(
+        rows = [
             {
-                "pair_id": [pair_id(p.prompt, p.chosen, p.rejected) for p in bank.pairs],
-                "prompt_id": [
-                    ids.get(p.prompt, hashlib.sha256(p.prompt.encode()).hexdigest()[:12]) for p in bank.pairs
-                ],
-                "prompt": [p.prompt for p in bank.pairs],
-                "chosen": [p.chosen for p in bank.pairs],
-                "rejected": [p.rejected for p in bank.pairs],
-                "margin": [p.margin for p in bank.pairs],
-                "source_iteration": [p.iteration for p in bank.pairs],
-                "source": [p.source for p in bank.pairs],
-                "chosen_score": [p.chosen_score for p in bank.pairs],
-                "rejected_score": [p.rejected_score for p in bank.pairs],
+                "pair_id": pair_id(p.prompt, p.chosen, p.rejected),
+                "prompt_id": prompt_id(p.prompt),
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "margin": p.margin,
+                "source_iteration": p.iteration,
+                "source": p.source,
+                "chosen_score": p.chosen_score,
+                "rejected_score": p.rejected_score,
             }
-        )
-        return {"buffer": store.write_table(ctx.uri("buffer"), frame, "buffer")}
+            for p in bank.pairs
+        ]
+        return {"buffer": store.write_table(ctx.uri("buffer"), rows, "buffer")}
 
     inputs = shard_inputs("generations", generations_uris) | shard_inputs("rankings", rankings_uris)
-    if ctx.cfg.memory and previous_buffer_uri:
+    if ctx.config.memory and previous_buffer_uri:
         inputs["previous_buffer"] = previous_buffer_uri
-    return run_phase(ctx, "buffer", depends_on=BUFFER_FIELDS, inputs=inputs, compute=compute).uri
+    result = run_phase(ctx, "buffer", depends_on=BUFFER_FIELDS, inputs=inputs, compute=compute)
+    return result.state(result.uri)

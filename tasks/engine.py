@@ -1,17 +1,17 @@
 """Where shards run: a Prefect task runner named by the config (threads, Dask, Ray), or a
 deployment on a GPU work pool driven with `run_deployment`.
 
-The three heavy phases (generations, rankings, activations) are split into ``cfg.shards`` shards,
-one Prefect task run each. Every shard writes its own artifact and is skipped on resume when that
-artifact is fresh, so a failed shard is retried (``engine_options.retries``) or resumed alone.
+The three heavy phases (generations, rankings, activations) are split into ``config.shards``
+shards, one Prefect task run each. Every shard writes its own artifact and is skipped on resume
+when that artifact is fresh, so a failed shard is retried (``engine_options.retries``, when its
+error says a retry may help: `sims_core.errors.is_retryable`) or resumed alone.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import os
 import socket
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
@@ -20,33 +20,42 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from sims_core.config import ConfigError, SimsConfig
-from sims_core.errors import SimsError, UserError
-from storage import Manifest, shard_phase, stable_hash
-from tasks.evaluate import evaluate_policy
-from tasks.extract import extract_activations
-from tasks.fit import fit_steering_set
-from tasks.generate import generate_answers
+from sims_core.config import SimsConfig
+from sims_core.errors import ConfigError, SimsError, UserError, is_retryable, is_user_error
+from sims_core.hashing import canonical_hash
+from storage import shard_phase
+from tasks.activations import activations_phase
+from tasks.baseline import baseline_phase
+from tasks.eval import eval_phase
+from tasks.generations import generations_phase
 from tasks.phase import PhaseContext, phase_logger
-from tasks.rank import rank_answers
+from tasks.rankings import rankings_phase
+from tasks.runtime import request_stop
+from tasks.steering import steering_phase
 
 __all__ = [
-    "DEFAULT_DEPLOYMENT",
+    "UNITS",
     "EngineError",
     "ShardsFailed",
     "check_engine",
+    "idempotency_key",
     "prepare_workers",
     "run_remote",
+    "run_unit_here",
     "run_units",
     "task_runner_for",
-    "unit_task",
 ]
 
-DEFAULT_DEPLOYMENT = "sims-phase/gpu"
-DEFAULT_RETRIES = 1
-# The units a worker can run: the three sharded phases, plus fit and eval (run remotely only with
-# the deployment engine, so that the orchestrator never loads the model).
-UNITS = ("generations", "rankings", "activations", "steering", "eval")
+# The units a worker can run: the three sharded phases, plus the baseline answers, the steering fit
+# and the eval (remote only with the deployment engine, so that the orchestrator never loads the model).
+UNITS = {
+    "baseline": baseline_phase,
+    "generations": generations_phase,
+    "rankings": rankings_phase,
+    "activations": activations_phase,
+    "steering": steering_phase,
+    "eval": eval_phase,
+}
 
 
 class EngineError(UserError):
@@ -54,28 +63,20 @@ class EngineError(UserError):
 
 
 class ShardsFailed(SimsError):
-    """Some shards of a phase failed; the others finished and their artifacts are kept."""
+    """Some shards of a phase failed; the others finished and their artifacts are kept. A user
+    error when every failure was one (a bad input fails the same way on every shard)."""
 
+    def __init__(self, message: str, errors: Sequence[BaseException] = ()) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
 
-def unit_task(unit: str):
-    """The Prefect task that computes ``unit``."""
-    table = {
-        "generations": generate_answers,
-        "rankings": rank_answers,
-        "activations": extract_activations,
-        "steering": fit_steering_set,
-        "eval": evaluate_policy,
-    }
-    try:
-        return table[unit]
-    except KeyError:
-        raise ValueError(f"unit must be one of {list(UNITS)}, got {unit!r}") from None
+    @property
+    def user_error(self) -> bool:  # type: ignore[override]
+        return bool(self.errors) and all(is_user_error(e) for e in self.errors)
 
 
 # ------------------------------------------------------------------ task runners
 def _require(module: str, package: str, engine: str) -> Any:
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError as exc:
@@ -99,39 +100,37 @@ def _api_env() -> dict[str, str]:
     return {"PREFECT_API_URL": url.rstrip("/")} if url.startswith("http") else {}
 
 
-def task_runner_for(cfg: SimsConfig) -> TaskRunner:
-    """The Prefect task runner that runs the shards of ``cfg.engine``."""
-    options = cfg.engine_options
-    if cfg.engine in ("threads", "deployment"):
-        return ThreadPoolTaskRunner(max_workers=options.get("max_workers", max(cfg.shards, 1)))
-    if cfg.engine == "dask":
+def task_runner_for(config: SimsConfig) -> TaskRunner:
+    """The Prefect task runner that runs the shards of ``config.engine``."""
+    options = config.engine_options
+    if config.engine in ("threads", "deployment"):
+        return ThreadPoolTaskRunner(max_workers=options.max_workers or max(config.shards, 1))
+    if config.engine == "dask":
         prefect_dask = _require("prefect_dask", "prefect-dask", "dask")
-        if "address" in options:
-            return prefect_dask.DaskTaskRunner(address=options["address"])
+        if options.address is not None:
+            return prefect_dask.DaskTaskRunner(address=options.address)
         cluster = {
-            "n_workers": options.get("n_workers", min(cfg.shards, os.cpu_count() or 1)),
-            "threads_per_worker": options.get("threads_per_worker", 1),
-            "processes": options.get("processes", True),
+            "n_workers": options.n_workers or min(config.shards, os.cpu_count() or 1),
+            "threads_per_worker": options.threads_per_worker or 1,
+            "processes": True if options.processes is None else options.processes,
             "dashboard_address": None,
             "env": _api_env(),
         }
         return prefect_dask.DaskTaskRunner(cluster_kwargs=cluster)
-    if cfg.engine == "ray":
-        prefect_ray = _require("prefect_ray", "prefect-ray", "ray")
-        init: dict[str, Any] = {"include_dashboard": False}
-        if "num_cpus" in options:
-            init["num_cpus"] = options["num_cpus"]
-        env = {} if "address" in options else _api_env()
-        if env:
-            init["runtime_env"] = {"env_vars": env}
-        return prefect_ray.RayTaskRunner(address=options.get("address"), init_kwargs=init)
-    raise ConfigError(f"engine must be one of threads, dask, ray, deployment, got {cfg.engine!r}")
+    prefect_ray = _require("prefect_ray", "prefect-ray", "ray")
+    init: dict[str, Any] = {"include_dashboard": False}
+    if options.num_cpus is not None:
+        init["num_cpus"] = options.num_cpus
+    env = {} if options.address is not None else _api_env()
+    if env:
+        init["runtime_env"] = {"env_vars": env}
+    return prefect_ray.RayTaskRunner(address=options.address, init_kwargs=init)
 
 
-def prepare_workers(cfg: SimsConfig) -> None:
-    """Inside a flow running on ``cfg``'s task runner: what workers need before the first shard
+def prepare_workers(config: SimsConfig) -> None:
+    """Inside a flow running on ``config``'s task runner: what workers need before the first shard
     (Dask: the import-path plugin of `tasks.dask_workers`, on current and future workers)."""
-    if cfg.engine != "dask":
+    if config.engine != "dask":
         return
     from prefect.context import FlowRunContext
 
@@ -176,38 +175,33 @@ def _check_deployment(name: str) -> None:
         ) from None
 
 
-def check_engine(cfg: SimsConfig, *, with_api: bool = True) -> None:
-    """Raise `EngineError` when ``cfg``'s engine cannot run (missing package, unreachable scheduler
-    or Ray head, missing deployment) before any work starts. Sizes (zero workers, ...) are checked
-    by `SimsConfig` itself."""
-    options = cfg.engine_options
-    if cfg.engine == "dask":
+def check_engine(config: SimsConfig, *, with_api: bool = True) -> None:
+    """Raise `EngineError` when ``config``'s engine cannot run (missing package, unreachable
+    scheduler or Ray head, missing deployment) before any work starts. Sizes (zero workers, ...)
+    are checked by `SimsConfig` itself."""
+    options = config.engine_options
+    if config.engine == "dask":
         _require("prefect_dask", "prefect-dask", "dask")
-        if "address" in options:
-            _check_reachable("dask", "Dask scheduler", options["address"], 8786)
-    elif cfg.engine == "ray":
+        if options.address is not None:
+            _check_reachable("dask", "Dask scheduler", options.address, 8786)
+    elif config.engine == "ray":
         _require("prefect_ray", "prefect-ray", "ray")
-        address = options.get("address")
-        if address and address != "auto":
+        if options.address and options.address != "auto":
+            address = options.address
             _check_reachable("ray", "Ray cluster", address, 10001 if address.startswith("ray://") else 6379)
-    elif cfg.engine == "deployment" and with_api:
-        _check_deployment(options.get("deployment", DEFAULT_DEPLOYMENT))
+    elif config.engine == "deployment" and with_api:
+        _check_deployment(options.deployment)
 
 
 # ------------------------------------------------------------------ running units
 def _worth_retrying(task: Any, task_run: Any, state: Any) -> bool:
     """A lost worker, an out-of-memory error or a flaky store may pass on a retry; a bad input
-    (ValueError / TypeError: a prompt longer than the context, a malformed artifact) will not."""
-    error = state.result(raise_on_failure=False)
-    return not isinstance(error, (ValueError, TypeError))
+    (a prompt longer than the context, a malformed artifact) or a bug will not."""
+    return is_retryable(state.result(raise_on_failure=False))
 
 
-def _retry_options(cfg: SimsConfig) -> dict[str, Any]:
-    return {
-        "retries": cfg.engine_options.get("retries", DEFAULT_RETRIES),
-        "retry_delay_seconds": cfg.engine_options.get("retry_delay_seconds", 0),
-        "retry_condition_fn": _worth_retrying,
-    }
+def _phase_name(unit: str, call: dict[str, Any]) -> str:
+    return shard_phase(unit, call.get("shard", 0), call.get("shards", 1))
 
 
 def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> list[Any]:
@@ -217,51 +211,52 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
 
     Every call runs to its end before failures are reported, so the shards that succeed keep
     their artifacts and a rerun computes only the failed ones."""
-    cfg = ctx.cfg
-    log = phase_logger()
+    config = ctx.config
     names = [_phase_name(unit, call) for call in calls]
-    if cfg.engine == "deployment":
-        futures = [
-            run_remote.with_options(task_run_name=f"dispatch-{name}").submit(ctx, unit, call)
-            for name, call in zip(names, calls)
-        ]
-    else:
-        base = unit_task(unit)
-        futures = []
-        for name, call in zip(names, calls):
-            configured = base.with_options(task_run_name=f"{name}-iter-{ctx.iteration}", **_retry_options(cfg))
-            futures.append(_submit(cfg, configured, ctx, call))
+    futures = []
+    for name, call in zip(names, calls):
+        run_name = f"{name}-iter-{ctx.iteration}"
+        if config.engine == "deployment":
+            futures.append(run_remote.with_options(task_run_name=f"dispatch-{run_name}").submit(ctx, unit, call))
+            continue
+        configured = UNITS[unit].with_options(
+            task_run_name=run_name,
+            retries=config.engine_options.retries,
+            retry_delay_seconds=config.engine_options.retry_delay_seconds,
+            retry_condition_fn=_worth_retrying,
+        )
+        futures.append(_submit(config, configured, ctx, call))
     results, failures = [], []
-    for name, future in zip(names, futures):
-        future.wait()
-        state = future.state
-        if state.is_completed():
-            results.append(future.result())
-        else:
-            exc = future.result(raise_on_failure=False)
-            failures.append((name, exc))
-            results.append(None)
+    try:
+        for name, future in zip(names, futures):
+            future.wait()
+            if future.state.is_completed():
+                results.append(future.result())
+            else:
+                failures.append((name, future.result(raise_on_failure=False)))
+                results.append(None)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM while shards compute: stop them at their next forward
+            request_stop()
+        raise
     if failures:
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures)
-        log.error(
+        phase_logger().error(
             "iteration %d: %d of %d %s unit(s) failed: %s", ctx.iteration, len(failures), len(calls), unit, detail
         )
+        errors = [exc for _, exc in failures if isinstance(exc, BaseException)]
         error = ShardsFailed(
             f"iteration {ctx.iteration}: {len(failures)} of {len(calls)} {unit} shard(s) failed "
-            f"({detail}); the others are saved, rerun the same run id to compute only these"
+            f"({detail}); the others are saved, rerun the same run id to compute only these",
+            errors,
         )
-        first = failures[0][1]
-        raise error from first if isinstance(first, BaseException) else error
+        raise error from (errors[0] if errors else None)
     return results
 
 
-def _phase_name(unit: str, call: dict[str, Any]) -> str:
-    return shard_phase(unit, call.get("shard", 0), call.get("shards", 1))
-
-
-def _submit(cfg: SimsConfig, configured: Any, ctx: PhaseContext, call: dict[str, Any]) -> Any:
-    gpus = cfg.engine_options.get("num_gpus")
-    if cfg.engine == "ray" and gpus:
+def _submit(config: SimsConfig, configured: Any, ctx: PhaseContext, call: dict[str, Any]) -> Any:
+    gpus = getattr(config.engine_options, "num_gpus", None)
+    if config.engine == "ray" and gpus:
         from prefect_ray.context import remote_options
 
         with remote_options(num_gpus=gpus):
@@ -270,13 +265,12 @@ def _submit(cfg: SimsConfig, configured: Any, ctx: PhaseContext, call: dict[str,
 
 
 # ------------------------------------------------------------------ the deployment engine
-def idempotency_key(ctx: PhaseContext, unit: str, call: dict[str, Any], attempt: int) -> str:
+def idempotency_key(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> str:
     """One key per (run, iteration, phase, shard, inputs and config): a second orchestrator (or a
-    retried one) attaches to the flow run already started for a shard instead of starting
-    another; a changed config or input starts a new one. ``attempt`` > 0 names a retry."""
-    digest = stable_hash({"config": ctx.config, "call": call, "inputs": _input_hashes(ctx, call)})[:12]
-    key = f"sims/{ctx.run_id}/iter={ctx.iteration}/{_phase_name(unit, call)}/{digest}"
-    return key if attempt == 0 else f"{key}/retry-{attempt}"
+    retried one) attaches to the flow run already started for a unit instead of starting
+    another; a changed config or input starts a new one."""
+    digest = canonical_hash({"config": ctx.config.to_dict(), "call": call, "inputs": _input_hashes(ctx, call)})[:12]
+    return f"sims/{ctx.run_id}/iter={ctx.iteration}/{_phase_name(unit, call)}/{digest}"
 
 
 def _input_hashes(ctx: PhaseContext, call: dict[str, Any]) -> dict[str, Any]:
@@ -291,51 +285,6 @@ def _input_hashes(ctx: PhaseContext, call: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@task(name="run-on-deployment", cache_policy=NO_CACHE)
-def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
-    """Run one unit as a flow run of the phase-worker deployment (``engine_options.deployment``)
-    and return what the unit returns (read back from the run's manifest)."""
-    cfg = ctx.cfg
-    name = cfg.engine_options.get("deployment", DEFAULT_DEPLOYMENT)
-    timeout = cfg.engine_options.get("timeout")
-    retries = cfg.engine_options.get("retries", DEFAULT_RETRIES)
-    parameters = {"unit": unit, "context": dataclasses.asdict(ctx), "arguments": call}
-    log = phase_logger()
-    failures = 0
-    attempt = 0
-    while True:
-        key = idempotency_key(ctx, unit, call, attempt)
-        flow_run = _create_or_attach(name, parameters, key)
-        state = flow_run.state
-        if state is not None and state.is_final() and not state.is_completed():
-            log.info(
-                "%s: an earlier flow run %s with this key ended %s; starting a new attempt",
-                key,
-                flow_run.id,
-                state.type.value,
-            )
-            attempt += 1
-            continue
-        log.info(
-            "%s: flow run %s on deployment %s (%s)",
-            _phase_name(unit, call),
-            flow_run.id,
-            name,
-            state.type.value if state is not None else "new",
-        )
-        last_state = _wait(flow_run.id, timeout)
-        if last_state.is_completed():
-            break
-        failures += 1
-        if failures > retries:
-            raise ShardsFailed(
-                f"{_phase_name(unit, call)} of iteration {ctx.iteration}: flow run {flow_run.id} on "
-                f"deployment {name!r} ended {last_state.type.value}: {last_state.message}"
-            )
-        attempt += 1
-    return _outputs(ctx, unit, call)
-
-
 def _create_or_attach(name: str, parameters: dict[str, Any], key: str) -> Any:
     """Create the flow run for ``key``, or get the one that already exists with that key."""
     from prefect.deployments import run_deployment
@@ -343,38 +292,64 @@ def _create_or_attach(name: str, parameters: dict[str, Any], key: str) -> Any:
     return run_deployment(name=name, parameters=parameters, idempotency_key=key, timeout=0, as_subflow=True)
 
 
-def _wait(flow_run_id: Any, timeout: float | None, poll: float = 2.0) -> Any:
+def _reschedule(flow_run_id: Any, reason: str) -> None:
+    """What `prefect flow-run retry` does: the same flow run goes back to Scheduled."""
     from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
 
-    deadline = None if timeout is None else time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        while True:
-            state = client.read_flow_run(flow_run_id).state
-            if state is not None and state.is_final():
-                return state
-            if deadline is not None and time.monotonic() > deadline:
-                raise ShardsFailed(
-                    f"flow run {flow_run_id} did not finish within engine_options.timeout={timeout} s "
-                    f"(is a worker polling the deployment's work pool?)"
-                )
-            time.sleep(poll)
+        client.set_flow_run_state(flow_run_id, Scheduled(message=reason), force=True)
 
 
-def _outputs(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
-    """What the unit's task returns, rebuilt from the manifest its remote run completed."""
-    manifest = Manifest.load(ctx.store, ctx.run_id)
-    phase = _phase_name(unit, call)
-    entry = manifest.entry(ctx.iteration, phase)
-    if entry is None or entry.status != "completed":
-        raise ShardsFailed(
-            f"the remote run of {phase} (iteration {ctx.iteration}) completed but the manifest of "
-            f"{ctx.run_id} in {ctx.store_url} records it as {entry.status if entry else 'missing'}: "
-            f"does the worker see the same store?"
+def _wait(flow_run_id: Any, timeout: float | None) -> Any:
+    """Prefect's waiter: the flow run once it is final."""
+    from prefect.flow_runs import FlowRunWaitTimeout, wait_for_flow_run
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    try:
+        return run_coro_as_sync(
+            wait_for_flow_run(flow_run_id, timeout=int(timeout) if timeout else None, poll_interval=1)
         )
-    outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
-    return outputs if unit == "steering" else next(iter(outputs.values()))
+    except FlowRunWaitTimeout:
+        raise ShardsFailed(
+            f"flow run {flow_run_id} did not finish within engine_options.timeout={timeout:g} s "
+            f"(is a worker polling the deployment's work pool?)"
+        ) from None
 
 
-def run_unit_here(unit: str, context: dict[str, Any], arguments: dict[str, Any]) -> Any:
+@task(name="dispatch", cache_policy=NO_CACHE)
+def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
+    """Run one unit as a flow run of the phase-worker deployment (``engine_options.deployment``)
+    and return what the unit returns, through Prefect's result persistence.
+
+    The phase flow retries itself (``@flow(retries=...)``); a flow run that still ended FAILED or
+    CRASHED (an earlier orchestrator's, or this one's) is rescheduled, as `prefect flow-run retry`
+    would, up to ``engine_options.retries`` times: the same flow run, the same idempotency key."""
+    options = ctx.config.engine_options
+    parameters = {"unit": unit, "context": ctx.model_dump(mode="json"), "arguments": call}
+    log = phase_logger()
+    key = idempotency_key(ctx, unit, call)
+    flow_run = _create_or_attach(options.deployment, parameters, key)
+    name = _phase_name(unit, call)
+    reschedules = 0
+    state = flow_run.state
+    while True:
+        if state is not None and state.is_final() and not state.is_completed():
+            if reschedules >= options.retries:
+                raise ShardsFailed(
+                    f"{name} of iteration {ctx.iteration}: flow run {flow_run.id} on deployment "
+                    f"{options.deployment!r} ended {state.type.value}: {state.message}"
+                )
+            reschedules += 1
+            log.info("%s: flow run %s ended %s; rescheduling it", name, flow_run.id, state.type.value)
+            _reschedule(flow_run.id, f"rescheduled by the sims orchestrator after {state.type.value}")
+        elif state is not None and state.is_completed():
+            return state.result()
+        else:
+            log.info("%s: waiting for flow run %s on deployment %s", name, flow_run.id, options.deployment)
+        state = _wait(flow_run.id, options.timeout).state
+
+
+def run_unit_here(unit: str, context: PhaseContext, arguments: dict[str, Any]) -> Any:
     """What the phase-worker flow does: compute one unit in this process."""
-    return unit_task(unit)(PhaseContext(**context), **arguments)
+    return UNITS[unit](context, **arguments)

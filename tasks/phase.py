@@ -3,40 +3,37 @@ record it in the run manifest.
 
 A phase's key is (run, iteration, phase, config hash, input artifacts' hashes): a brand-new flow
 run on the same run id skips every finished phase, even with an empty Prefect database, and
-recomputes only what is missing or stale, saying why.
+recomputes only what is missing or stale, saying why. A skipped phase ends its Prefect task run
+in the ``Cached`` state with the reason as the state's message, so the UI shows what was reused.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prefect.states import Completed, State
+from pydantic import BaseModel, ConfigDict
+
 from sims_core.config import SimsConfig
-from storage import ArtifactStore, Manifest, WrittenArtifact
+from sims_core.hashing import canonical_hash
+from storage import ArtifactModifiedError, ArtifactStore, Manifest, WrittenArtifact
 
-__all__ = ["EXECUTIONS", "PhaseContext", "PhaseResult", "run_phase", "phase_logger", "shard_inputs"]
-
-# How many times each (run, iteration, phase) was computed in this process; tests count with it.
-EXECUTIONS: Counter[tuple[str, int, str]] = Counter()
+__all__ = ["PhaseContext", "PhaseResult", "phase_logger", "run_phase", "shard_inputs", "verify_inputs"]
 
 
 def phase_logger() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a flow/task run, the module logger elsewhere."""
-    try:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
 
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            pass
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        pass
-    return logging.getLogger("sims")
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("sims")
 
 
 def shard_inputs(name: str, uris: list[str]) -> dict[str, str]:
@@ -49,19 +46,15 @@ def shard_inputs(name: str, uris: list[str]) -> dict[str, str]:
     return {f"{name}_shard_{index:03d}": uri for index, uri in enumerate(uris)}
 
 
-@dataclass(frozen=True)
-class PhaseContext:
-    """What every task receives: where the run lives, which iteration, and the config (as a
-    plain dict so that Prefect can show and serialise it)."""
+class PhaseContext(BaseModel):
+    """What every task receives: where the run lives, which iteration, and the run's config."""
+
+    model_config = ConfigDict(frozen=True)
 
     store_url: str
     run_id: str
     iteration: int
-    config: dict[str, Any]
-
-    @property
-    def cfg(self) -> SimsConfig:
-        return SimsConfig.from_dict(self.config)
+    config: SimsConfig
 
     @property
     def store(self) -> ArtifactStore:
@@ -72,6 +65,9 @@ class PhaseContext:
 
     def uri(self, phase: str, ext: str | None = None, iteration: int | None = None) -> str:
         return self.store.uri(self.run_id, self.iteration if iteration is None else iteration, phase, ext)
+
+    def at(self, iteration: int) -> PhaseContext:
+        return self.model_copy(update={"iteration": iteration})
 
 
 @dataclass(frozen=True)
@@ -85,6 +81,13 @@ class PhaseResult:
     @property
     def uri(self) -> str:
         return next(iter(self.outputs.values()))
+
+    def state(self, value: Any) -> Any:
+        """What the phase's task returns: ``value``, or for a skipped phase a ``Cached`` state
+        carrying it (Prefect then shows the task run as Cached, with the reason)."""
+        if self.computed:
+            return value
+        return Completed(name="Cached", message=self.reason, data=value)
 
 
 def run_phase(
@@ -102,28 +105,25 @@ def run_phase(
         depends_on: the config fields this phase's output depends on (they form its config hash).
         inputs: name -> URI of the artifacts it reads (their content hashes join its key).
         compute: does the work and returns name -> written artifact.
-        extra_key: anything else the output depends on (e.g. the iteration's derived seed).
+        extra_key: anything else the output depends on (e.g. whether controls run).
     """
     log = phase_logger()
-    cfg = ctx.cfg
     store = ctx.store
     manifest = ctx.manifest()
-    config_hash = cfg.hash_of(depends_on)
+    config_hash = ctx.config.hash_of(depends_on)
     if extra_key:
-        from storage import stable_hash
-
-        config_hash = stable_hash({"config": config_hash, **dict(extra_key)})[:16]
+        config_hash = canonical_hash({"config": config_hash, **dict(extra_key)})[:16]
     input_hashes = {name: store.content_hash(uri) for name, uri in sorted(inputs.items())}
+    verify_inputs(manifest, inputs, input_hashes)
     fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
     if fresh:
         entry = manifest.entry(ctx.iteration, phase)
         outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
         log.info("iteration %d %s: skipped, %s", ctx.iteration, phase, reason)
-        return PhaseResult(outputs=outputs, computed=False, reason=reason)
+        return PhaseResult(outputs=outputs, computed=False, reason=f"skipped: {reason}")
     log.info("iteration %d %s: computing (%s)", ctx.iteration, phase, reason)
     manifest.start(ctx.iteration, phase, config_hash=config_hash, input_hashes=input_hashes)
     started = time.perf_counter()
-    EXECUTIONS[(ctx.run_id, ctx.iteration, phase)] += 1
     try:
         written = dict(compute())
     except BaseException as exc:
@@ -139,3 +139,28 @@ def run_phase(
         entry.rows if entry.rows is not None else "-",
     )
     return PhaseResult(outputs=outputs, computed=True, reason=reason)
+
+
+def verify_inputs(manifest: Manifest, inputs: Mapping[str, str], hashes: Mapping[str, str]) -> None:
+    """Refuse to read an input artifact that changed after the phase that wrote it recorded it
+    (its sha256 is no longer the recorded one): an `ArtifactModifiedError` naming the file and
+    the phase. Inputs the manifest does not record (nothing to compare with) pass."""
+    recorded = {}
+    for entry in manifest.entries:
+        if entry.status == "completed":
+            for name, out in entry.outputs.items():
+                recorded[manifest.store.run_uri(manifest.run_id, out.uri)] = (entry, name, out.sha256)
+    for name, uri in inputs.items():
+        if uri not in recorded:
+            continue
+        entry, output, sha = recorded[uri]
+        if sha is not None and sha != hashes[name]:
+            raise ArtifactModifiedError(
+                f"{uri} changed after iteration {entry.iteration} {entry.phase!r} of run {manifest.run_id!r} wrote it "
+                f"(sha256 {sha[:12]} recorded, {hashes[name][:12]} now); resume the run to compute it again"
+            )
+
+
+def is_cached(state: State) -> bool:
+    """Whether a phase's task run was skipped (its artifacts were fresh)."""
+    return state.name == "Cached"

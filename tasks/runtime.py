@@ -1,12 +1,17 @@
-"""Process-wide caches for what tasks share within a worker: the loaded model and the oracles.
+"""What the tasks of one worker process share: the loaded base model and the oracles.
 
 Loading the embedded model takes ~1 s from its cached float32 copy (~30 s the very first time);
-every task of a flow run in the same process reuses one instance.
+every task of a flow run in the same process reuses one instance. All of it lives in one
+`WorkerRuntime` object per process (`runtime()`), so there is one place that holds it and one
+`clear()` that frees it.
+
+Stopping: `request_stop` (the CLI calls it on Ctrl-C or SIGTERM) makes every forward pass of a
+model loaded here raise `RunInterrupted` in whichever thread runs it, so that shards computing in
+worker threads stop within one forward instead of finishing their batch; `clear_stop` re-arms.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -14,66 +19,109 @@ from typing import Any
 
 from sims_core import LanguageModel, load_model, steer
 from sims_core.config import SimsConfig
-from sims_core.oracles import Oracle, get_oracle, known_oracles, oracle_factory
+from sims_core.errors import SimsError
+from sims_core.hashing import canonical_json
+from sims_core.oracles import Oracle, get_oracle, oracle_info
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
-__all__ = ["base_model", "exclusive", "make_oracle", "load_steering", "policy", "worker_setup"]
+__all__ = ["RunInterrupted", "WorkerRuntime", "clear_stop", "load_steering", "policy", "request_stop", "runtime"]
 
-_LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str, str, str | None], LanguageModel] = {}
-_ORACLE_CACHE: dict[tuple[str, str, int], Oracle] = {}
-_MODEL_LOCKS: dict[int, threading.Lock] = {}
+_STOP = threading.Event()
 
 
-def worker_setup(cfg: SimsConfig) -> None:
-    """Per-worker settings before a shard computes: ``engine_options.torch_threads`` caps torch's
-    intra-op threads (two workers sharing cores each at full width thrash)."""
-    threads = cfg.engine_options.get("torch_threads")
-    if threads is not None:
-        import torch
-
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+class RunInterrupted(SimsError):
+    """The run was asked to stop (Ctrl-C, SIGTERM) while this computation was running."""
 
 
-@contextmanager
-def exclusive(lm: LanguageModel) -> Iterator[None]:
-    """Hold the model alone: shards that run in threads of one process share one model instance,
-    and steering hooks (pi_{t-1}) on a shared module must not overlap another shard's forward."""
-    with _LOCK:
-        lock = _MODEL_LOCKS.setdefault(id(lm), threading.Lock())
-    with lock:
-        yield
+def request_stop() -> None:
+    """Make every forward pass of a model loaded by this process's runtime raise `RunInterrupted`."""
+    _STOP.set()
 
 
-def base_model(cfg: SimsConfig) -> LanguageModel:
-    """The frozen base model M of a run (loaded once per process)."""
-    key = (cfg.model, cfg.device, cfg.dtype, cfg.system_prompt)
-    with _LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype, system_prompt=cfg.system_prompt)
-        return _MODELS[key]
+def clear_stop() -> None:
+    """Let models run again (a new run starts in this process)."""
+    _STOP.clear()
 
 
-def make_oracle(name: str, options: dict[str, Any], lm: LanguageModel) -> Oracle:
-    """Build an oracle/judge by name; those that read a language model get the base model
-    unless their options name another one."""
-    import json
+def _stop_check(module: Any, args: Any) -> None:
+    if _STOP.is_set():
+        raise RunInterrupted("the run was interrupted (Ctrl-C or SIGTERM) during a forward pass")
 
-    key = (name, json.dumps(options, sort_keys=True, default=str), id(lm))
-    with _LOCK:
-        if key in _ORACLE_CACHE:
-            return _ORACLE_CACHE[key]
-    kwargs = dict(options)
-    if name in known_oracles():
-        params = inspect.signature(oracle_factory(name)).parameters
-        if "lm" in params and "lm" not in kwargs and "model" not in kwargs:
+
+class WorkerRuntime:
+    """Models, oracles and per-model locks of one worker process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str, str, str | None], LanguageModel] = {}
+        self._oracles: dict[tuple[str, str, int], Oracle] = {}
+        self._model_locks: dict[int, threading.Lock] = {}
+
+    def setup(self, config: SimsConfig) -> None:
+        """Per-worker settings before a shard computes: ``engine_options.torch_threads`` caps torch's
+        intra-op threads (two workers sharing cores each at full width thrash)."""
+        threads = config.engine_options.torch_threads
+        if threads is not None:
+            import torch
+
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
+
+    def model(self, config: SimsConfig) -> LanguageModel:
+        """The frozen base model M of a run (loaded once per process)."""
+        key = (config.model, config.device, config.dtype, config.system_prompt)
+        with self._lock:
+            if key not in self._models:
+                lm = load_model(
+                    config.model, device=config.device, dtype=config.dtype, system_prompt=config.system_prompt
+                )
+                lm.model.register_forward_pre_hook(_stop_check)  # reads one flag; changes nothing
+                self._models[key] = lm
+            return self._models[key]
+
+    def oracle(self, name: str, options: dict[str, Any], lm: LanguageModel) -> Oracle:
+        """An oracle or judge by name; those that score with the run's base model get it unless
+        their options name another model."""
+        key = (name, canonical_json(options), id(lm))
+        with self._lock:
+            if key in self._oracles:
+                return self._oracles[key]
+        kwargs = dict(options)
+        if oracle_info(name).uses_policy_model and "lm" not in kwargs and "model" not in kwargs:
             kwargs["lm"] = lm
-    oracle = get_oracle(name, **kwargs)
-    with _LOCK:
-        _ORACLE_CACHE[key] = oracle
-    return oracle
+        oracle = get_oracle(name, **kwargs)
+        with self._lock:
+            return self._oracles.setdefault(key, oracle)
+
+    @contextmanager
+    def exclusive(self, lm: LanguageModel) -> Iterator[None]:
+        """Hold the model alone: shards that run in threads of one process share one model instance,
+        and steering hooks (pi_{t-1}) on a shared module must not overlap another shard's forward."""
+        with self._lock:
+            lock = self._model_locks.setdefault(id(lm), threading.Lock())
+        with lock:
+            yield
+
+    @property
+    def models_loaded(self) -> int:
+        """How many base models this process holds."""
+        return len(self._models)
+
+    def clear(self) -> None:
+        """Forget every model and oracle (they are reloaded on next use)."""
+        with self._lock:
+            self._models.clear()
+            self._oracles.clear()
+            self._model_locks.clear()
+
+
+_RUNTIME = WorkerRuntime()
+
+
+def runtime() -> WorkerRuntime:
+    """This process's runtime."""
+    return _RUNTIME
 
 
 def load_steering(store: ArtifactStore, uri: str, lm: LanguageModel) -> SteeringSet:

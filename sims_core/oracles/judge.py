@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -75,6 +75,11 @@ class SelfJudgeOracle:
     batch_size: int = 16
     progress: bool = False
     name: str = field(init=False, default="self_judge")
+    # capabilities (see sims_core.oracles.base); its scores are win shares against the other candidates
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = True
+    comparable_scores: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.aggregation not in ("wins", "bradley_terry"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from sims_core.models import LanguageModel
 from sims_core.oracles._lm import continuation_logprobs, resolve_lm
@@ -44,6 +45,11 @@ class PMIOracle:
     batch_size: int = 16
     progress: bool = False
     name: str = field(init=False, default="pmi")
+    # capabilities (see sims_core.oracles.base)
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = True
+    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if "{answer}" not in self.template:

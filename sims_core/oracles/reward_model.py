@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -44,6 +44,11 @@ class RewardModelOracle:
     local_files_only: bool | None = None
     trust_remote_code: bool = False
     name: str = field(init=False, default="reward_model")
+    # capabilities (see sims_core.oracles.base)
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, (str, os.PathLike)):

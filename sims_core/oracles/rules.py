@@ -10,11 +10,19 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from sims_core.oracles.base import Oracle, OracleError, check_scores, get_oracle, validate_candidates
+from sims_core.oracles.base import (
+    Oracle,
+    OracleError,
+    check_scores,
+    get_oracle,
+    oracle_capabilities,
+    score_candidates,
+    validate_candidates,
+)
 
 __all__ = ["CallableOracle", "SumOracle", "import_callable"]
 
@@ -44,6 +52,11 @@ class CallableOracle:
     function: str | Callable[..., Any]
     batched: bool = False
     name: str = field(init=False, default="callable")
+    # capabilities (see sims_core.oracles.base)
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.function, str):
@@ -56,6 +69,50 @@ class CallableOracle:
             raise OracleError(
                 f"callable oracle: function must be 'package.module:function' or a callable, got {self.function!r}"
             )
+
+    @classmethod
+    def check_options(cls, function: Any = None, batched: Any = False) -> None:
+        """Before a run: the function imports and, called on a probe (two prompts of two answers),
+        returns what it must (a number per answer; with ``batched``, one list of numbers per
+        prompt). Its own errors are reported, not raised as they are."""
+        if not isinstance(batched, bool):
+            raise OracleError(f"option batched must be true or false, got {batched!r}")
+        if isinstance(function, str):
+            fn = import_callable(function)
+        elif callable(function):
+            fn = function
+        else:
+            raise OracleError(f"option function must be 'package.module:function' or a callable, got {function!r:.80}")
+        label = function if isinstance(function, str) else getattr(function, "__qualname__", repr(function))
+        prompts = ["What is 2 + 2?", "Name a colour."]
+        candidates = [["4", "5"], ["red", "a colour"]]
+        try:
+            if batched:
+                raw = fn(prompts, candidates)
+            else:
+                raw = []
+                for prompt, group in zip(prompts, candidates):
+                    row = []
+                    for answer in group:
+                        value = fn(prompt, answer)
+                        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                            raise OracleError(
+                                f"callable {label!r} returned {value!r:.60} ({type(value).__name__}) for one answer; "
+                                "with batched: false it must return one number per (prompt, answer)"
+                            )
+                        row.append(value)
+                    raw.append(row)
+        except OracleError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's function failed: say so in one sentence
+            raise OracleError(
+                f"callable {label!r} failed on a probe answer ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+            ) from None
+        try:
+            check_scores(f"callable({label})", prompts, candidates, raw)
+        except OracleError as exc:
+            shape = "one list of numbers per prompt" if batched else "one number per answer"
+            raise OracleError(f"{exc} on a probe of 2 prompts x 2 answers; it must return {shape}") from None
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
@@ -102,18 +159,60 @@ class SumOracle:
     oracles: Sequence[Any]
     standardize: bool = False
     name: str = field(init=False, default="sum")
+    # capabilities of the class (what oracle_info("sum") reports, before any component is
+    # known); a built SumOracle replaces them with what its components give it
+    needs_reference: ClassVar[bool] = False
+    can_judge: ClassVar[bool] = True
+    uses_policy_model: ClassVar[bool] = False
+    comparable_scores: ClassVar[bool] = False
+
+    @classmethod
+    def check_options(cls, oracles: Any = None, standardize: Any = False) -> None:
+        """Before a run: each component names a registered oracle whose options fit (checked
+        like the oracle itself, without building it)."""
+        from sims_core.oracles.base import check_oracle
+
+        if isinstance(oracles, (str, Mapping)) or not isinstance(oracles, Sequence) or not oracles:
+            raise OracleError(f"sum: option oracles must be a non-empty list of components, got {oracles!r:.80}")
+        for spec in oracles:
+            if isinstance(spec, Mapping):
+                options = dict(spec)
+                if "name" not in options:
+                    raise OracleError(f"sum: component {spec!r:.80} needs a 'name' (the oracle to build)")
+                name, weight = options.pop("name"), options.pop("weight", 1.0)
+            elif isinstance(spec, (list, tuple)) and len(spec) == 2 and isinstance(spec[0], str):
+                (name, weight), options = spec, {}
+            elif isinstance(spec, str):
+                name, weight, options = spec, 1.0, {}
+            else:
+                continue  # an oracle object given in code
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise OracleError(f"sum: the weight of component {name!r} must be a number, got {weight!r}")
+            check_oracle(name, options, field="sum component")
 
     def __post_init__(self) -> None:
         if isinstance(self.oracles, (str, Mapping)) or not self.oracles:
             raise OracleError("sum: oracles must be a non-empty list of components")
         self.components = [_build(spec) for spec in self.oracles]
         self.name = "sum(" + " + ".join(f"{w:g}*{o.name}" for o, w in self.components) + ")"
+        parts = [oracle_capabilities(o) for o, _ in self.components]
+        self.needs_reference = any(p["needs_reference"] for p in parts)  # type: ignore[misc]
+        self.can_judge = any(p["can_judge"] for p in parts)  # type: ignore[misc]
+        self.uses_policy_model = any(p["uses_policy_model"] for p in parts)  # type: ignore[misc]
+        self.comparable_scores = not self.standardize and all(p["comparable_scores"] for p in parts)  # type: ignore[misc]
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(
+        self,
+        prompts: Sequence[str],
+        candidates: Sequence[Sequence[str]],
+        references: Sequence[str] | None = None,
+    ) -> list[list[float]]:
+        """Weighted sum of the components' scores; ``references`` go to the components that
+        need them."""
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         totals = [np.zeros(len(g)) for g in candidates]
         for oracle, weight in self.components:
-            part = check_scores(oracle.name, prompts, candidates, oracle.score(prompts, candidates))
+            part = score_candidates(oracle, prompts, candidates, references)
             for t, row in zip(totals, part):
                 values = np.asarray(row, dtype=float)
                 if self.standardize:

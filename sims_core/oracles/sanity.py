@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sims_core.oracles.base import Oracle, OracleError, PairwiseJudge, check_scores
+from sims_core.oracles.base import Oracle, OracleError, PairwiseJudge, score_candidates
 
 __all__ = ["JudgeSanity", "judge_sanity"]
 
@@ -40,10 +40,18 @@ def _pref(a: float, b: float) -> float:
     return 1.0 if a > b else 0.0 if a < b else 0.5
 
 
-def judge_sanity(oracle: Oracle, prompts: Sequence[str], answers: Sequence[str], *, seed: int = 0) -> JudgeSanity:
+def judge_sanity(
+    oracle: Oracle,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    seed: int = 0,
+    references: Sequence[str] | None = None,
+) -> JudgeSanity:
     """Check ``oracle`` on prompts with one answer each (``answers[i]`` answers ``prompts[i]``).
     Each prompt's answer is set against another prompt's answer, chosen by a seeded cyclic
-    shift so no prompt meets its own answer."""
+    shift so no prompt meets its own answer. ``references`` (one reference answer per prompt)
+    go to a judge that needs them."""
     n = len(prompts)
     if n < 2 or len(answers) != n:
         raise OracleError(
@@ -62,8 +70,8 @@ def judge_sanity(oracle: Oracle, prompts: Sequence[str], answers: Sequence[str],
         return JudgeSanity(name, n, float(np.mean(matched)), float(np.mean(agree)), float(np.mean(first)))
     pairs = [[a, b] for a, b in zip(own, others)]
     swapped = [[b, a] for a, b in zip(own, others)]
-    s1 = check_scores(name, prompts, pairs, oracle.score(prompts, pairs))
-    s2 = check_scores(name, prompts, swapped, oracle.score(prompts, swapped))
+    s1 = score_candidates(oracle, prompts, pairs, references)
+    s2 = score_candidates(oracle, prompts, swapped, references)
     matched = [_pref(x[0], x[1]) for x in s1]
     agree = [1.0 if _pref(x[0], x[1]) == _pref(y[1], y[0]) else 0.0 for x, y in zip(s1, s2)]
     return JudgeSanity(name, n, float(np.mean(matched)), float(np.mean(agree)))

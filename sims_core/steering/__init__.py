@@ -6,6 +6,7 @@ with steer(lm, s, alpha=1.0): ...
 s.save("steering/"); SteeringSet.load("steering/", model=lm)
 """
 
+from sims_core.steering.alignment import AlignStats, align_pairs
 from sims_core.steering.fit import fit_steering
 from sims_core.steering.gguf_export import export_gguf
 from sims_core.steering.hooks import POSITIONS, Positions, SteeringHandle, SteeringSource, steer
@@ -13,7 +14,6 @@ from sims_core.steering.hpr import HPR, HPRFunction, householder_reflect, hpr_lo
 from sims_core.steering.learners import LayerFunction, Learner, get_learner, known_learners, register_learner
 from sims_core.steering.linear_shift import LinearShift, LinearShiftFunction
 from sims_core.steering.mean_diff import MeanDiff, MeanDiffFunction
-from sims_core.steering.pairs import AlignStats, align_pairs
 from sims_core.steering.steering_set import IncompatibleSteeringError, ModelIdentity, SteeringFileError, SteeringSet
 
 __all__ = [

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from sims_core.models import LanguageModel
 from sims_core.progress import progress_bar
+from sims_core.steering.alignment import validate_activations
 from sims_core.steering.learners import get_learner, layer_seed
-from sims_core.steering.pairs import validate_activations
 from sims_core.steering.selection import choose_layers, holdout_split
 from sims_core.steering.steering_set import ModelIdentity, SteeringSet
 

@@ -269,6 +269,8 @@ class HPR(Learner):
 
     name: ClassVar[str] = "hpr"
     paired: ClassVar[bool] = True
+    token_level: ClassVar[bool] = True
+    default_alphas: ClassVar[tuple[float, ...]] = (0.5, 1.0)
     default_positions: ClassVar[str] = "last"
     operation: ClassVar[str] = "householder_pseudo_rotation"
     function_type: ClassVar[type] = HPRFunction

@@ -3,14 +3,24 @@
 A learner turns paired (or, for mean difference, unpaired) activations of one layer into a
 *layer function*: a callable ``f(h, alpha) -> h'`` on ``[..., hidden]`` tensors that can also
 describe itself as tensors plus a JSON config (so a `SteeringSet` can save it). Adding a learner
-is one new module: subclass `Learner`, decorate it with `register_learner`, and import it from
-`_BUILTIN_MODULES` (or from your own code before calling `fit_steering`).
+is one new module: subclass `Learner`, set its class attributes (what sims needs to know to run it from
+a config: its default strength grid, whether it trains on token-aligned pairs, whether it can be
+exported as one vector per layer) and decorate it with `register_learner`.
+
+A learner in your own package reaches every part of sims (the config, the CLI, `sims export`, steering
+files) without an edit to sims when the package declares it as an entry point::
+
+    # pyproject.toml of your package
+    [project.entry-points."sims.learners"]
+    my_learner = "my_package.steering:MyLearner"
+
+Entry points are loaded the first time a learner name is looked up. Code that registers a learner
+by importing its module (a notebook, a test) works too.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +28,9 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from sims_core.errors import ConfigError
+from sims_core.seeding import seed_from
 
 __all__ = [
     "LayerFunction",
@@ -29,12 +42,15 @@ __all__ = [
     "register_learner",
 ]
 
+ENTRY_POINT_GROUP = "sims.learners"
 _REGISTRY: dict[str, type[Learner]] = {}
+# Registration order is the order names are listed in (the built-ins first, the SIMS default first).
 _BUILTIN_MODULES = (
-    "sims_core.steering.mean_diff",
     "sims_core.steering.hpr",
+    "sims_core.steering.mean_diff",
     "sims_core.steering.linear_shift",
 )
+_plugins_loaded = False
 
 
 @runtime_checkable
@@ -66,8 +82,13 @@ class Learner(ABC):
     """A steering learner. Subclasses set the class attributes and implement `fit_layer`.
 
     Class attributes:
-        name: registry name (``fit_steering(name, ...)``).
+        name: registry name (``fit_steering(name, ...)``, ``learner:`` in a config).
         paired: whether row i of pos must pair with row i of neg.
+        token_level: whether the pipeline extracts token-aligned rows for it (one row per aligned
+            response token, `align_pairs`) rather than one mean-pooled row per answer.
+        default_alphas: the strengths tried on validation prompts when the config sets no grid.
+        vector_export: whether each layer's function is one additive vector (so it can be exported
+            as a llama.cpp control vector); `LayerFunction.state()["vector"]` then holds it.
         default_positions: which tokens `steer` edits by default (see `steer`).
         operation: what the function does to ``h``, recorded in steering files.
         function_type: the `LayerFunction` class it produces (used to load files).
@@ -76,6 +97,9 @@ class Learner(ABC):
 
     name: ClassVar[str]
     paired: ClassVar[bool] = True
+    token_level: ClassVar[bool] = True
+    default_alphas: ClassVar[tuple[float, ...]] = (0.5, 1.0)
+    vector_export: ClassVar[bool] = False
     default_positions: ClassVar[str] = "last"
     operation: ClassVar[str]
     function_type: ClassVar[type]
@@ -122,21 +146,35 @@ def register_learner(cls: type[Learner]) -> type[Learner]:
 
 
 def _load_builtins() -> None:
+    """Import the built-in learners, then (once) those installed packages declare as entry points."""
+    global _plugins_loaded
     for module in _BUILTIN_MODULES:
         importlib.import_module(module)
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        loaded = point.load()  # a Learner subclass (registered on import) or a module registering one
+        if isinstance(loaded, type) and issubclass(loaded, Learner) and loaded.name not in _REGISTRY:
+            register_learner(loaded)
 
 
 def known_learners() -> list[str]:
-    """Names of the registered learners."""
+    """Names of the registered learners: the built-ins first (hpr, mean_diff, linear_shift), then
+    the others in the order they were registered."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    builtins = [cls.name for cls in _REGISTRY.values() if cls.__module__ in _BUILTIN_MODULES]
+    builtins.sort(key=lambda name: _BUILTIN_MODULES.index(_REGISTRY[name].__module__))
+    return builtins + [name for name in _REGISTRY if name not in builtins]
 
 
 def get_learner(name: str) -> type[Learner]:
     """The learner class registered as ``name``; an error lists the known ones."""
     _load_builtins()
     if not isinstance(name, str) or name not in _REGISTRY:
-        raise ValueError(f"unknown steering learner {name!r}; known learners: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"unknown steering learner {name!r}; known learners: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -154,8 +192,7 @@ def parse_options(config_type: type, options: dict[str, Any], learner: str) -> A
 
 def layer_seed(seed: int, layer: int, purpose: str = "fit") -> int:
     """A seed for one layer's random choices, derived from the run seed and the layer."""
-    digest = hashlib.sha256(f"{seed}\x1f{layer}\x1f{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return seed_from(seed, layer, purpose)
 
 
 def check_positive(name: str, value: Any, *, integer: bool = False, allow_zero: bool = False) -> None:

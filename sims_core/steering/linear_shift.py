@@ -109,6 +109,8 @@ class LinearShift(Learner):
 
     name: ClassVar[str] = "linear_shift"
     paired: ClassVar[bool] = True
+    token_level: ClassVar[bool] = True
+    default_alphas: ClassVar[tuple[float, ...]] = (0.5, 1.0)
     default_positions: ClassVar[str] = "last"
     operation: ClassVar[str] = "linear_shift"
     function_type: ClassVar[type] = LinearShiftFunction

@@ -64,6 +64,9 @@ class MeanDiff(Learner):
 
     name: ClassVar[str] = "mean_diff"
     paired: ClassVar[bool] = False
+    token_level: ClassVar[bool] = False
+    default_alphas: ClassVar[tuple[float, ...]] = (2.0, 4.0)
+    vector_export: ClassVar[bool] = True
     default_positions: ClassVar[str] = "all"
     operation: ClassVar[str] = "add"
     function_type: ClassVar[type] = MeanDiffFunction

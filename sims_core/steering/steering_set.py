@@ -13,7 +13,9 @@ Layer numbering: decoder blocks ``0 .. L-1``; layer ``l``'s activation is the ou
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 
 from sims_core.errors import UserError
-from sims_core.models import LanguageModel
+from sims_core.models import LanguageModel, same_weights
 from sims_core.steering.hooks import POSITIONS
 from sims_core.steering.learners import LayerFunction, get_learner
 
@@ -66,20 +68,43 @@ def _sims_version() -> str:
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What identifies the base model a steering set was fitted on."""
+    """What identifies the base model a steering set was fitted on: its name (where it was
+    loaded from), a hash of its architecture config, its shape and, since sims 0.1, a fingerprint
+    of its weights (`sims_core.models.weights_fingerprint`). Files written before the fingerprint
+    existed lack it (``weights=None``) and are matched on name and config hash as before."""
 
     name: str
     config_hash: str
     num_layers: int
     hidden_size: int
     model_type: str | None = None
+    weights: dict[str, Any] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, lm: LanguageModel) -> ModelIdentity:
         model_type = getattr(lm.model.config, "model_type", None)
         return cls(
-            lm.name, lm.config_hash, lm.num_layers, lm.hidden_size, model_type if isinstance(model_type, str) else None
+            lm.name,
+            lm.config_hash,
+            lm.num_layers,
+            lm.hidden_size,
+            model_type if isinstance(model_type, str) else None,
+            lm.weights_fingerprint,
         )
+
+    def mismatch(self, lm: LanguageModel) -> str | None:
+        """Why ``lm`` is not the model this identity describes, or None when it is. With a weights
+        fingerprint on record, the config hash and the weights decide (the same model in another
+        folder fits; other weights at the same path do not); without one, name and config hash."""
+        if self.config_hash != lm.config_hash:
+            return f"config hash {self.config_hash} vs {lm.config_hash}"
+        if self.weights is not None:
+            if not same_weights(self.weights, lm.weights_fingerprint):
+                return "its weights differ (weights fingerprint)"
+            return None
+        if self.name != lm.name:
+            return f"it was {self.name!r}, the model is {lm.name!r} (this file records no weights fingerprint)"
+        return None
 
     @classmethod
     def from_json(cls, value: object) -> ModelIdentity:
@@ -102,6 +127,19 @@ class ModelIdentity:
             and isinstance(identity.hidden_size, int)
         ):
             raise SteeringFileError(f"header field 'model' has fields of the wrong type: {dict(value)!r:.200}")
+        weights = value.get("weights")
+        if weights is not None:
+            sample = weights.get("sample") if isinstance(weights, Mapping) else None
+            if not (
+                isinstance(weights, Mapping)
+                and isinstance(weights.get("shapes"), str)
+                and isinstance(sample, list)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in sample)
+            ):
+                raise SteeringFileError(
+                    f"header field 'model.weights' must be {{'shapes': str, 'sample': [finite numbers]}}, got {weights!r:.120}"
+                )
+            identity = dataclasses.replace(identity, weights={"shapes": weights["shapes"], "sample": list(sample)})
         return identity
 
 
@@ -217,12 +255,12 @@ class SteeringSet:
                 f"this steering set steers layers {self.layers} but {lm.name} has layers 0..{lm.num_layers - 1}"
             )
         if self.model is not None and not allow:
-            here = (lm.name, lm.config_hash)
-            if (self.model.name, self.model.config_hash) != here:
+            why = self.model.mismatch(lm)
+            if why is not None:
                 raise IncompatibleSteeringError(
                     f"this steering set was fitted on {self.model.name!r} (config hash {self.model.config_hash}) but the "
-                    f"model is {lm.name!r} (config hash {lm.config_hash}); pass allow_identity_mismatch=True to apply it "
-                    "anyway (shapes match)"
+                    f"model is {lm.name!r} (config hash {lm.config_hash}): {why}; pass allow_identity_mismatch=True to "
+                    "apply it anyway (shapes match)"
                 )
 
     def steering_edits(self, lm: LanguageModel, alpha: float) -> dict[int, _BoundEdit]:
@@ -256,7 +294,7 @@ class SteeringSet:
             "alpha": float(self.alpha),
             "dtype": str(self.dtype).removeprefix("torch."),
             "hidden_size": self.hidden_size,
-            "model": asdict(self.model),
+            "model": {k: v for k, v in asdict(self.model).items() if v is not None or k != "weights"},
             "sims_version": self.sims_version,
             "layer_scores": {str(k): float(v) for k, v in sorted(self.layer_scores.items())},
             "options": self.options,
@@ -416,15 +454,36 @@ def _validate_header(header: dict[str, Any], source: str) -> None:
         raise SteeringFileError(
             f"{source}: header field 'layers' must be a non-empty list of layer indices, got {layers!r:.80}"
         )
+    if len(set(layers)) != len(layers):
+        raise SteeringFileError(f"{source}: header field 'layers' lists a layer twice: {layers!r:.80}")
+    if not math.isfinite(header["alpha"]):
+        raise SteeringFileError(f"{source}: header field 'alpha' must be a finite number, got {header['alpha']!r}")
+    if header["hidden_size"] < 1:
+        raise SteeringFileError(f"{source}: header field 'hidden_size' must be positive, got {header['hidden_size']}")
+    if header["dtype"] not in _DTYPES:
+        raise SteeringFileError(
+            f"{source}: header field 'dtype' must be one of {sorted(_DTYPES)}, got {header['dtype']!r}"
+        )
     try:
         get_learner(header["learner"])
     except ValueError as exc:
         raise SteeringFileError(f"{source}: {exc}") from None
 
 
+_DTYPES = {"float32", "float16", "bfloat16", "float64"}
+
+
 def _from_parts(header: dict[str, Any], tensors: dict[str, Tensor], source: str) -> SteeringSet:
     learner = get_learner(header["learner"])
     layers: list[int] = header["layers"]
+    for name, tensor in tensors.items():
+        kind = str(tensor.dtype).removeprefix("torch.")
+        if tensor.is_floating_point() and kind != header["dtype"]:
+            raise SteeringFileError(
+                f"{source}: tensor {name!r} is {kind} but the header says dtype {header['dtype']!r}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SteeringFileError(f"{source}: tensor {name!r} holds NaN or infinite values")
     grouped: dict[int, dict[str, Tensor]] = {layer: {} for layer in layers}
     for name, tensor in tensors.items():
         parts = name.split(".", 2)

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sims_core.fluency import answer_nll, mean_finite
-from sims_core.generation import generate
+from sims_core.generation import SamplingParams, generate
 from sims_core.models import LanguageModel
-from sims_core.oracles import Oracle
+from sims_core.oracles import Oracle, score_candidates
 from sims_core.steering.hooks import steer
 from sims_core.steering.steering_set import SteeringSet
 
@@ -66,25 +66,26 @@ def select_strength(
     max_nll_increase: float = 0.5,
     positions: str | None = None,
     seed: int = 0,
-    max_new_tokens: int = 48,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
-    batch_size: int = 32,
+    references: Sequence[str] | None = None,
+    sampling: SamplingParams | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    batch_size: int | None = None,
 ) -> StrengthSelection:
-    """Try every (layers, alpha) candidate on ``prompts``; see the module docstring."""
+    """Try every (layers, alpha) candidate on ``prompts``; see the module docstring.
+    ``references`` (one reference answer per prompt) go to an oracle that needs them.
+    ``sampling`` (default ``SamplingParams()``) is how every candidate answers; the keyword
+    arguments of the same names override its fields."""
     if not alphas:
         raise ValueError("alphas is empty: give at least one strength to try")
     if not max_nll_increase >= 0:  # also refuses NaN; inf turns the guard off
         raise ValueError(f"max_nll_increase must be a number >= 0 (inf: no fluency guard), got {max_nll_increase!r}")
-    options = dict(
-        num_samples=1,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        progress=False,
+    params = SamplingParams.resolve(
+        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
+    batch_size = params.batch_size
+    options = dict(num_samples=1, sampling=params, seed=seed, progress=False)
     candidates = [
         (layers, alpha, _restrict(steering, layers, alpha)) for layers, alpha in strength_candidates(steering, alphas)
     ]
@@ -92,7 +93,7 @@ def select_strength(
     for _, _, candidate in candidates:
         with steer(lm, candidate, positions=positions):
             answers.append([row[0].text for row in generate(lm, prompts, **options)])
-    scores = oracle.score(list(prompts), [list(group) for group in zip(*answers)])
+    scores = score_candidates(oracle, list(prompts), [list(group) for group in zip(*answers)], references)
     means = [sum(row[j] for row in scores) / len(scores) for j in range(len(answers))]
     nll = [mean_finite(answer_nll(lm, prompts, group, batch_size=batch_size)) for group in answers]
     limit = nll[0] + max_nll_increase if math.isfinite(nll[0]) else math.inf

@@ -37,6 +37,8 @@ def running_prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
+        # the scheduler looks for due schedules every 2 s (default 60), so schedule tests wait seconds
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
         "SIMS_PROGRESS": "0",
         "PREFECT_CLI_WRAP_LINES": "false",
         "COLUMNS": "200",

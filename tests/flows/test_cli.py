@@ -39,10 +39,10 @@ def test_status_json_lists_every_phase(finished_run, capsys):
     assert data["run_id"] == "cli-run"
     assert [(p["iteration"], p["phase"], p["status"]) for p in data["phases"]][:3] == [
         (0, "prompts", "completed"),
+        (0, "baseline", "completed"),
         (1, "prompts", "completed"),
-        (1, "generations", "completed"),
     ]
-    assert len(data["phases"]) == 8
+    assert len(data["phases"]) == 9
 
 
 def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, tmp_path, capsys):
@@ -73,6 +73,8 @@ def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, 
         "eval_samples=1",
         "--set",
         "controls=false",
+        "--set",
+        "batch_size=4",  # 2 prompts per generation batch: 2 batches, one per shard
     ]
     assert main(argv) == 0
     assert "held-out win rate" in capsys.readouterr().out
@@ -190,6 +192,8 @@ def test_sims_run_on_a_local_dask_cluster_as_a_user_runs_it(tiny_model_dir, tmp_
         "eval_samples=1",
         "--set",
         "controls=false",
+        "--set",
+        "batch_size=4",  # 2 prompts per generation batch: 2 batches, one per shard
     ]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -30,6 +30,9 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
 
     store = str(tmp_path / "runs")
     config = {
+        "model": tiny_model_dir,
+        "store": store,
+        "iterations": 1,
         "num_prompts": 4,
         "num_samples": 2,
         "max_new_tokens": 6,
@@ -45,12 +48,6 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
         "self-improve/nightly",
         "--param",
         "run_id=deployed",
-        "--param",
-        f"model={tiny_model_dir}",
-        "--param",
-        f"store={store}",
-        "--param",
-        "iterations=1",
         "--param",
         f"config={json.dumps(config)}",
     )
@@ -69,7 +66,7 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     assert "'type': 'COMPLETED'" in state or "StateType.COMPLETED" in state, state[-2000:]
 
     manifest = Manifest.load(ArtifactStore.open(store), "deployed")
-    assert [e.status for e in manifest.entries] == ["completed"] * 8
+    assert [e.status for e in manifest.entries] == ["completed"] * 9
 
 
 def test_kubernetes_gpu_variant_is_consistent():
@@ -91,10 +88,9 @@ def test_kubernetes_gpu_variant_is_consistent():
     assert deployments["gpu"]["entrypoint"] == "flows/phase_worker.py:sims_phase"
 
     orchestrated = deployments["nightly-orchestrated"]
-    from flows.self_improve import build_config
+    from sims_core.config import SimsConfig
 
-    params = dict(orchestrated["parameters"])
-    cfg = build_config(params.pop("config"), **{k: v for k, v in params.items()})
+    cfg = SimsConfig.from_dict(orchestrated["parameters"]["config"])
     assert cfg.engine == "deployment" and cfg.shards == 4 and orchestrated["work_pool"]["name"] == "sims-cpu"
-    flow_name, deployment_name = cfg.engine_options["deployment"].split("/")
+    flow_name, deployment_name = cfg.engine_options.deployment.split("/")
     assert flow_name == "sims-phase" and deployment_name in deployments  # it starts the GPU deployment above

@@ -21,9 +21,9 @@ from tasks.phase import PhaseContext
 ORCHESTRATE = """
 import json, sys
 from flows.self_improve import self_improve
-from tasks import runtime
+from tasks.runtime import runtime
 result = self_improve(run_id="remote", config=json.loads(sys.argv[1]))
-print("RESULT " + json.dumps({"win_rate": result["win_rate"], "models_loaded": len(runtime._MODELS)}))
+print("RESULT " + json.dumps({"win_rate": result["win_rate"], "models_loaded": runtime().models_loaded}))
 """
 
 COUNT_RUNS = """
@@ -96,59 +96,63 @@ def _state(kind: str):
         is_completed=lambda: kind == "COMPLETED",
         type=SimpleNamespace(value=kind),
         message=f"{kind.lower()} on purpose",
+        result=lambda: "uri-of-activations",
     )
 
 
 @pytest.fixture
 def fake_deployment(monkeypatch, tmp_path):
-    """`run_deployment` and the wait replaced: ``runs[key]`` says how each key's flow run ends."""
+    """`run_deployment`, the reschedule and the wait replaced: ``ends[key]`` lists how each wait on
+    the key's flow run ends; ``existing[key]`` is the state a flow run already has."""
     created: list[str] = []
-    runs: dict[str, str] = {}
+    rescheduled: list[str] = []
+    ends: dict[str, list[str]] = {}
     existing: dict[str, str] = {}
 
     def create_or_attach(name, parameters, key):
         created.append(key)
-        state = existing.get(key, "SCHEDULED")
-        return SimpleNamespace(id=key, state=_state(state))
+        return SimpleNamespace(id=key, state=_state(existing.get(key, "SCHEDULED")))
 
     monkeypatch.setattr(engine, "_create_or_attach", create_or_attach)
-    monkeypatch.setattr(engine, "_wait", lambda flow_run_id, timeout: _state(runs.get(flow_run_id, "COMPLETED")))
-    monkeypatch.setattr(engine, "_outputs", lambda ctx, unit, call: "uri-of-" + unit)
+    monkeypatch.setattr(engine, "_reschedule", lambda flow_run_id, reason: rescheduled.append(flow_run_id))
+    monkeypatch.setattr(
+        engine, "_wait", lambda flow_run_id, timeout: SimpleNamespace(state=_state(ends[flow_run_id].pop(0)))
+    )
     ctx = PhaseContext(
         store_url=str(tmp_path / "runs"),
         run_id="r",
         iteration=3,
         config={"engine": "deployment", "engine_options": {"retries": 1}},
     )
-    return SimpleNamespace(created=created, runs=runs, existing=existing, ctx=ctx)
+    return SimpleNamespace(created=created, rescheduled=rescheduled, ends=ends, existing=existing, ctx=ctx)
 
 
 CALL = {"buffer_uri": "not-stored", "shard": 1, "shards": 2}
 
 
 def test_idempotency_keys_name_run_iteration_phase_and_shard(fake_deployment):
-    key = idempotency_key(fake_deployment.ctx, "activations", CALL, 0)
+    key = idempotency_key(fake_deployment.ctx, "activations", CALL)
     assert key.startswith("sims/r/iter=3/activations_shard_001_of_002/")
-    assert idempotency_key(fake_deployment.ctx, "activations", CALL, 2) == key + "/retry-2"
+    assert idempotency_key(fake_deployment.ctx, "activations", CALL) == key  # a second orchestrator attaches
     changed = PhaseContext(**{**fake_deployment.ctx.__dict__, "config": {"engine": "deployment", "seed": 1}})
-    assert idempotency_key(changed, "activations", CALL, 0) != key  # another config: another flow run
+    assert idempotency_key(changed, "activations", CALL) != key  # another config: another flow run
 
 
-def test_an_earlier_failed_run_is_skipped_and_a_failure_is_retried(fake_deployment):
+def test_an_earlier_failed_run_is_rescheduled_not_replaced(fake_deployment):
     fake = fake_deployment
-    first = idempotency_key(fake.ctx, "activations", CALL, 0)
-    fake.existing[first] = "FAILED"  # left by an earlier orchestrator
-    fake.runs[first + "/retry-1"] = "CRASHED"  # this attempt crashes, the retry succeeds
+    key = idempotency_key(fake.ctx, "activations", CALL)
+    fake.existing[key] = "FAILED"  # left by an earlier orchestrator, after its own flow retries
+    fake.ends[key] = ["COMPLETED"]
     assert engine.run_remote.fn(fake.ctx, "activations", CALL) == "uri-of-activations"
-    assert fake.created == [first, first + "/retry-1", first + "/retry-2"]
+    assert fake.created == [key] and fake.rescheduled == [key]  # the same flow run, no new key
 
 
-def test_failures_beyond_the_retries_name_the_shard_and_the_state(fake_deployment):
+def test_a_crash_is_rescheduled_up_to_the_retries_then_names_the_shard_and_the_state(fake_deployment):
     fake = fake_deployment
-    first = idempotency_key(fake.ctx, "activations", CALL, 0)
-    fake.runs[first] = fake.runs[first + "/retry-1"] = "FAILED"
+    key = idempotency_key(fake.ctx, "activations", CALL)
+    fake.ends[key] = ["CRASHED", "CRASHED"]
     with pytest.raises(
-        ShardsFailed, match="activations_shard_001_of_002 of iteration 3: flow run .* ended FAILED: failed on purpose"
+        ShardsFailed, match="activations_shard_001_of_002 of iteration 3: flow run .* ended CRASHED: crashed on purpose"
     ):
         engine.run_remote.fn(fake.ctx, "activations", CALL)
-    assert len(fake.created) == 2
+    assert fake.created == [key] and fake.rescheduled == [key]  # retries=1: one reschedule, then the error

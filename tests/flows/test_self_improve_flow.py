@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from task_runs import computed_since, executions
 
 from flows.self_improve import self_improve
 from sims_core import load_model
 from sims_core.steering import SteeringSet
 from storage import ArtifactStore, Manifest
-from tasks.phase import EXECUTIONS
 
 PHASES = ["prompts", "generations", "rankings", "buffer", "activations", "steering", "eval"]
 
@@ -23,11 +23,12 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
     result = self_improve(run_id="e2e", config=tiny_config)
     store = ArtifactStore.open(tiny_config["store"])
     manifest = Manifest.load(store, "e2e")
-    assert [(e.iteration, e.phase, e.status) for e in manifest.entries] == [(0, "prompts", "completed")] + [
-        (t, phase, "completed") for t in (1, 2) for phase in PHASES
-    ]
+    assert [(e.iteration, e.phase, e.status) for e in manifest.entries] == [
+        (0, "prompts", "completed"),
+        (0, "baseline", "completed"),
+    ] + [(t, phase, "completed") for t in (1, 2) for phase in PHASES]
     split = _table(store, manifest, 0, "prompts", "prompts")
-    assert set(split["split"]) == {"train", "val", "eval"} and len(split) == 240
+    assert set(split["split"]) == {"train", "val", "eval"} and len(split) == 600
     generations = _table(store, manifest, 2, "generations", "generations")
     assert len(generations) == 4 * 3 and sorted(generations["sample_index"].unique()) == [0, 1, 2]
     rankings = _table(store, manifest, 2, "rankings", "rankings")
@@ -39,7 +40,7 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
     lm = load_model(tiny_model_dir)
     steering = SteeringSet.from_bytes(store.read_bytes(result["steering"]), model=lm)
     assert steering.learner == "mean_diff" and steering.alpha in (0.0, 1.0, 4.0)
-    selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "eval")
+    selection = store.read_frame(manifest.output_uri(2, "steering", "selection"), "selection")
     assert selection["chosen"].sum() == 1 and selection.iloc[0]["alpha"] == 0.0  # the unsteered baseline row
     assert list(selection["alpha"].iloc[1:]) == [1.0, 4.0] and selection["nll"].notna().all()
     fluent = selection.iloc[1:][selection["fluent"].iloc[1:]]
@@ -51,11 +52,14 @@ def test_flow_runs_every_phase_and_writes_readable_artifacts(prefect_harness, ti
 
     evaluation = _table(store, manifest, 2, "eval", "eval")
     comparisons = evaluation[evaluation["kind"] == "comparison"]
+    # iteration over iteration, the controls and the best-of-N line on the last iteration
     assert set(comparisons["condition"]) == {
         "steered",
+        "previous_iteration",
         "random_direction",
         "low_temperature",
-    }  # controls on the last iteration
+        "best_of_n",
+    }
     assert len(comparisons[comparisons["condition"] == "steered"]) == 3 * 2
     assert 0.0 <= result["win_rate"] <= 1.0 and result["ci_low"] <= result["win_rate"] <= result["ci_high"]
     assert set(result["controls"]) == {"random_direction", "low_temperature"}
@@ -78,26 +82,26 @@ def test_resume_after_a_failure_skips_finished_phases_and_matches_an_uninterrupt
     reference_config = {**tiny_config, "store": str(tmp_path / "uninterrupted")}
     self_improve(run_id="ref", config=reference_config)
 
-    import tasks.fit
+    import tasks.steering
 
-    real_fit = tasks.fit.fit_steering
+    real_fit = tasks.steering.fit_steering
 
     def failing_fit(*args, **kwargs):
         if kwargs.get("metadata", {}).get("iteration") == 2:
             raise RuntimeError("injected failure in iteration 2")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.fit, "fit_steering", failing_fit)
+    monkeypatch.setattr(tasks.steering, "fit_steering", failing_fit)
     with pytest.raises(RuntimeError, match="injected failure in iteration 2"):
         self_improve(run_id="resumed", config=tiny_config)
     store = ArtifactStore.open(tiny_config["store"])
     failed = Manifest.load(store, "resumed").entry(2, "steering")
     assert failed.status == "failed" and "injected failure" in failed.error
 
-    monkeypatch.setattr(tasks.fit, "fit_steering", real_fit)
-    before = {key: count for key, count in EXECUTIONS.items() if key[0] == "resumed"}
+    monkeypatch.setattr(tasks.steering, "fit_steering", real_fit)
+    before = executions("resumed")
     self_improve(run_id="resumed", config=tiny_config)
-    ran_again = {key[1:]: count - before.get(key, 0) for key, count in EXECUTIONS.items() if key[0] == "resumed"}
+    ran_again = computed_since("resumed", before)
     assert {key for key, count in ran_again.items() if count} == {(2, "steering"), (2, "eval")}
 
     # The resumed run ends with exactly the artifacts of the uninterrupted one.
@@ -117,9 +121,9 @@ def test_resume_after_a_failure_skips_finished_phases_and_matches_an_uninterrupt
 
 def test_more_iterations_continue_a_finished_run(prefect_harness, tiny_config):
     self_improve(run_id="grow", config={**tiny_config, "iterations": 1})
-    before = {key for key in EXECUTIONS if key[0] == "grow"}
+    before = executions("grow")
     self_improve(run_id="grow", config={**tiny_config, "iterations": 2})
-    new = {key[1:] for key in EXECUTIONS if key[0] == "grow"} - {key[1:] for key in before}
+    new = set(executions("grow")) - set(before)
     assert new == {(2, phase) for phase in PHASES}
     manifest = Manifest.load(ArtifactStore.open(tiny_config["store"]), "grow")
     assert manifest.iterations() == [0, 1, 2]
@@ -127,9 +131,9 @@ def test_more_iterations_continue_a_finished_run(prefect_harness, tiny_config):
 
 def test_changed_config_recomputes_only_what_depends_on_it(prefect_harness, tiny_config, caplog):
     self_improve(run_id="cfg", config={**tiny_config, "iterations": 1})
-    before = dict(EXECUTIONS)
+    before = executions("cfg")
     self_improve(run_id="cfg", config={**tiny_config, "iterations": 1, "judge": "embedding"})
-    ran = {key[1:] for key, count in EXECUTIONS.items() if key[0] == "cfg" and count > before.get(key, 0)}
+    ran = set(computed_since("cfg", before))
     assert ran == {(1, "eval")}
 
 
@@ -139,7 +143,7 @@ def test_flow_on_an_s3_store(prefect_harness, tiny_config, s3_bucket):
     assert result["steering"].startswith(f"s3://{s3_bucket}/sims/s3run/iter=1/")
     store = ArtifactStore.open(config["store"])
     manifest = Manifest.load(store, "s3run")
-    assert [e.status for e in manifest.entries] == ["completed"] * 8
+    assert [e.status for e in manifest.entries] == ["completed"] * 9
     assert len(store.read_frame(manifest.output_uri(1, "generations"), "generations")) == 12
     assert "Held-out win rate" in store.read_bytes(result["report"]).decode()
     assert store.list_runs() == ["s3run"]

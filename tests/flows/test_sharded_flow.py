@@ -9,13 +9,13 @@ import socket
 import pytest
 from sharding_helpers import assert_same_artifacts as _assert_same
 from sharding_helpers import merged_artifacts as _merged
+from task_runs import computed_since, executions
 
-import tasks.generate
+import tasks.generations
 from flows.self_improve import self_improve
 from sims_core.config import ConfigError
 from storage import ArtifactStore, Manifest
 from tasks.engine import EngineError, ShardsFailed
-from tasks.phase import EXECUTIONS
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ def test_ray_runs_the_shards(prefect_harness, sharded_config, tmp_path):
 
 def _fail_prompt(monkeypatch, prompt: str, times: int) -> dict:
     """Make ``generate`` fail on the batch that holds ``prompt``, ``times`` times."""
-    real = tasks.generate.generate
+    real = tasks.generations.generate
     seen = {"failures": 0}
 
     def flaky(lm, prompts, **kwargs):
@@ -70,7 +70,7 @@ def _fail_prompt(monkeypatch, prompt: str, times: int) -> dict:
             raise RuntimeError("injected failure")
         return real(lm, prompts, **kwargs)
 
-    monkeypatch.setattr(tasks.generate, "generate", flaky)
+    monkeypatch.setattr(tasks.generations, "generate", flaky)
     return seen
 
 
@@ -97,9 +97,9 @@ def test_a_failed_shard_is_resumed_alone(prefect_harness, sharded_config, tmp_pa
     failed = f"generations_shard_{statuses.index('failed'):03d}_of_004"
     assert manifest.entry(1, "rankings_shard_000_of_004") is None  # nothing after the failed phase started
 
-    before = {k: v for k, v in EXECUTIONS.items() if k[0] == "sharding"}
+    before = executions("sharding")
     self_improve(run_id="sharding", config=config)
-    ran = {k[2] for k, v in EXECUTIONS.items() if k[0] == "sharding" and k[1] == 1 and v > before.get(k, 0)}
+    ran = {k[1] for k in computed_since("sharding", before) if k[0] == 1}
     assert {p for p in ran if p.startswith("generations")} == {failed}
     _assert_same(reference, _merged(store, "sharding"))
 
@@ -107,11 +107,11 @@ def test_a_failed_shard_is_resumed_alone(prefect_harness, sharded_config, tmp_pa
 def test_a_failed_shard_is_retried(prefect_harness, sharded_config, tmp_path, monkeypatch):
     _run({**sharded_config, "iterations": 1}, str(tmp_path / "reference"))
     seen = _fail_prompt(monkeypatch, _a_prompt_of_iteration_1(str(tmp_path / "reference")), times=1)
-    before = {k: v for k, v in EXECUTIONS.items() if k[0] == "sharding"}
+    before = executions("sharding")
     store = str(tmp_path / "runs")
     result = self_improve(run_id="sharding", config={**sharded_config, "iterations": 1, "shards": 4, "store": store})
     assert seen["failures"] == 1 and result["win_rate"] is not None  # the default retry (1) recovered
-    twice = [k[2] for k, v in EXECUTIONS.items() if k[0] == "sharding" and v - before.get(k, 0) == 2]
+    twice = [k[1] for k, v in computed_since("sharding", before).items() if v == 2]
     assert len(twice) == 1 and twice[0].startswith("generations_shard_")
     manifest = Manifest.load(ArtifactStore.open(store), "sharding")
     assert manifest.entry(1, twice[0]).status == "completed" and manifest.entry(1, twice[0]).attempts == 2
@@ -172,7 +172,7 @@ def test_a_bad_input_is_not_retried(prefect_harness, sharded_config, tmp_path, m
         calls["n"] += 1
         raise ValueError("prompt 0 has 999 tokens: too long")
 
-    monkeypatch.setattr(tasks.generate, "generate", refuse)
+    monkeypatch.setattr(tasks.generations, "generate", refuse)
     with pytest.raises(
         ShardsFailed, match="1 of 1 generations shard\\(s\\) failed \\(generations: ValueError: prompt 0 has 999"
     ):

@@ -11,8 +11,8 @@ def test_defaults_run_one_shard_on_threads_and_join_no_phase_key():
     cfg = SimsConfig()
     assert (cfg.shards, cfg.engine, cfg.engine_options) == (1, "threads", {})
     other = cfg.replace(shards=4, engine="dask", engine_options={"n_workers": 2})
-    from tasks.fit import FIT_FIELDS
-    from tasks.generate import GENERATION_FIELDS
+    from tasks.generations import GENERATION_FIELDS
+    from tasks.steering import STEERING_FIELDS as FIT_FIELDS
 
     assert other.hash_of(GENERATION_FIELDS) == cfg.hash_of(GENERATION_FIELDS)
     assert other.hash_of(FIT_FIELDS) == cfg.hash_of(FIT_FIELDS)

@@ -3,20 +3,30 @@ evaluation of a steered model against its reference with controls."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from sims_core.errors import UserError
 from sims_core.evaluation import (
+    best_of_n,
     distinct_n,
     edit_norms,
     evaluate,
+    judge_answers,
+    length_controlled_interval,
     length_controlled_win_rate,
+    paired_effect,
     random_direction_like,
+    summarize,
     wilson_interval,
     win_rate,
 )
-from sims_core.oracles import get_oracle
+from sims_core.generation import SamplingParams, generate
+from sims_core.oracles import OracleError, get_oracle
 
 
 def test_wilson_interval_matches_the_textbook_value():
@@ -220,3 +230,209 @@ def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkey
     judge = get_oracle("callable", function=lambda p, a: float(len(a)))
     evaluate(tiny_lm, PROMPTS[:2], steering, judge=judge, controls=("random_direction",), sanity=False, **SETTINGS)
     assert strengths and set(strengths) == {3.0}
+
+
+# -- the reusable pieces: paired effect, LC interval, judge_answers, summarize, best_of_n -----------
+
+
+def _hand_bootstrap(values, groups, n_boot, seed, confidence=0.95):
+    """The percentile bootstrap written out: draw whole groups with replacement (groups numbered
+    in the order of their text; no groups: each value alone, in order), mean over the drawn
+    items, quantiles."""
+    if groups is None:
+        keys, members = list(range(len(values))), {i: [v] for i, v in enumerate(values)}
+    else:
+        keys = sorted({str(g) for g in groups})
+        members = {k: [v for v, g in zip(values, groups) if str(g) == k] for k in keys}
+    picks = np.random.default_rng(seed).integers(0, len(keys), size=(n_boot, len(keys)))
+    stats = []
+    for row in picks:
+        drawn = [v for j in row for v in members[keys[j]]]
+        stats.append(sum(drawn) / len(drawn))
+    tail = (1 - confidence) / 2
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def test_paired_effect_matches_a_hand_computed_bootstrap():
+    rng = np.random.default_rng(4)
+    steered = rng.normal(0.3, 1.0, size=24)
+    baseline = rng.normal(0.0, 1.0, size=24)
+    diffs = list(steered - baseline)
+    mean, low, high = paired_effect(steered, baseline, n_boot=500, seed=9)
+    assert mean == pytest.approx(float(np.mean(diffs)))
+    assert (low, high) == pytest.approx(_hand_bootstrap(diffs, None, 500, 9), abs=1e-12)
+    groups = [f"prompt {i // 3}" for i in range(24)]  # 8 prompts, 3 samples each
+    mean_g, low_g, high_g = paired_effect(steered, baseline, groups, n_boot=500, seed=9)
+    assert mean_g == pytest.approx(mean)
+    assert (low_g, high_g) == pytest.approx(_hand_bootstrap(diffs, groups, 500, 9), abs=1e-12)
+    assert paired_effect(steered, baseline, groups, confidence=0.5, n_boot=500, seed=9)[1] > low_g
+
+
+def test_paired_effect_without_variance_is_a_point():
+    assert paired_effect([0.75] * 10, [0.5] * 10, groups=[i % 3 for i in range(10)]) == (0.25, 0.25, 0.25)
+    assert paired_effect([1.0, 2.0], [1.0, 2.0]) == (0.0, 0.0, 0.0)
+
+
+def test_paired_effect_refuses_bad_input():
+    with pytest.raises(UserError, match="two equally long, non-empty lists of scores, got 2 and 1"):
+        paired_effect([1.0, 2.0], [1.0])
+    with pytest.raises(UserError, match="needs finite scores"):
+        paired_effect([math.inf], [0.0])
+    with pytest.raises(UserError, match="n_boot must be a positive integer"):
+        paired_effect([1.0], [0.0], n_boot=0)
+
+
+def test_length_controlled_interval_covers_its_estimate_and_widens_with_fewer_prompts():
+    prefs, steered, ref = simulate(800, intercept=0.3, slope=1.5, mean_diff=8.0, seed=2)
+    groups = np.repeat(np.arange(400), 2)
+    many = length_controlled_interval(prefs, steered, ref, groups=groups, n_boot=400, seed=0)
+    point = length_controlled_win_rate(prefs, steered, ref).rate
+    assert many[0] < point < many[1]
+    few = length_controlled_interval(prefs[:100], steered[:100], ref[:100], groups=groups[:100], n_boot=400, seed=0)
+    few_point = length_controlled_win_rate(prefs[:100], steered[:100], ref[:100]).rate
+    assert few[0] < few_point < few[1]
+    assert (few[1] - few[0]) > 1.5 * (many[1] - many[0])
+
+
+def test_length_controlled_interval_refits_each_resample_like_the_point_estimate():
+    """One resample by hand: the drawn comparisons refitted with length_controlled_win_rate give
+    the rate the batched refit gets for that resample (a 1-resample interval is that rate)."""
+    prefs, steered, ref = simulate(60, intercept=0.2, slope=1.0, mean_diff=5.0, seed=3)
+    groups = np.repeat(np.arange(30), 2)
+    low, high = length_controlled_interval(prefs, steered, ref, groups=groups, n_boot=1, seed=5)
+    keys = sorted({str(g) for g in groups})  # groups are numbered in the order of their text
+    picks = np.random.default_rng(5).integers(0, 30, size=(1, 30))[0]
+    rows = np.concatenate([np.flatnonzero(groups.astype(str) == keys[j]) for j in picks])
+    refit = length_controlled_win_rate(prefs[rows], steered[rows], ref[rows]).rate
+    assert low == pytest.approx(refit, abs=1e-7) and high == pytest.approx(refit, abs=1e-7)
+
+
+def _rows(score, reference_score, samples_per_prompt=2, lengths=None):
+    n = len(score)
+    lengths = lengths if lengths is not None else [20] * n
+    return pd.DataFrame(
+        dict(
+            prompt=[f"p{i // samples_per_prompt}" for i in range(n)],
+            prompt_index=[i // samples_per_prompt for i in range(n)],
+            score=score,
+            reference_score=reference_score,
+            preference=[0.5 if a == b else float(a > b) for a, b in zip(score, reference_score)],
+            response_tokens=lengths,
+            reference_tokens=[20] * n,
+            response=[f"answer {i} steered" for i in range(n)],
+            reference=[f"answer {i} base" for i in range(n)],
+        )
+    )
+
+
+def test_summarize_verdicts_on_constructed_data():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.0, 1.0, size=200)
+    win = summarize(_rows(base + 0.5 + rng.normal(0, 0.3, 200), base), seed=0)
+    assert win["verdict"].startswith("steered better: paired score effect +0.4")
+    assert "excludes 0" in win["verdict"] and win["verdict_basis"] == "paired_effect"
+    assert win["effect_ci_low"] > 0 and win["win_rate"] > 0.8 and win["ci_low"] > 0.5
+    assert (win["n"], win["prompts"], win["effect_n"]) == (200, 100, 200)
+    loss = summarize(_rows(base - 0.4 + rng.normal(0, 0.3, 200), base), seed=0)
+    assert loss["verdict"].startswith("steered worse: paired score effect -0.")
+    assert loss["effect_ci_high"] < 0 and loss["ci_high"] < 0.5
+    noise = summarize(_rows(base + rng.normal(0, 0.5, 200), base), seed=0)
+    assert noise["verdict"].startswith("no measured difference: paired score effect")
+    assert "includes 0" in noise["verdict"]
+    assert noise["effect_ci_low"] < 0 < noise["effect_ci_high"]
+    assert noise["lc_ci_low"] <= noise["lc_win_rate"] <= noise["lc_ci_high"]
+    # a judge whose scores are not comparable: the verdict rests on the win rate
+    relative = summarize(_rows(base + 0.5 + rng.normal(0, 0.3, 200), base), seed=0, comparable_scores=False)
+    assert relative["verdict_basis"] == "win_rate"
+    assert relative["verdict"].startswith("steered better: win rate 0.") and "excludes 0.5" in relative["verdict"]
+
+
+def test_summarize_leaves_infinite_scores_out_of_the_effect_and_counts_them():
+    rows = _rows([1.0, 2.0, math.inf, 3.0], [0.0, 1.0, 0.0, 2.0])
+    line = summarize(rows, seed=0, n_boot=200)
+    assert (line["effect"], line["effect_n"], line["win_rate"]) == (1.0, 3, 1.0)
+    assert line["verdict"].startswith("steered better")  # no variance: the interval is the point 1.0
+    with pytest.raises(UserError, match="rows lack the columns score"):
+        summarize(rows.drop(columns=["score"]), seed=0)
+
+
+def test_judge_answers_compares_any_two_sets_of_answers():
+    judge = get_oracle("callable", function=lambda p, a: float(len(a)))
+    prompts = ["q1", "q2"]
+    rows = judge_answers(judge, prompts, [["long answer", "x"], ["same", "b"]], [["short", "xyz"], ["same", "a"]])
+    assert rows["preference"].tolist() == [1.0, 0.0, 0.5, 0.5]
+    assert rows[["prompt_index", "sample"]].values.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert rows["score"].tolist() == [11.0, 1.0, 4.0, 1.0]
+    assert rows["response_tokens"].tolist() == [2, 1, 1, 1]  # strings are counted in words
+    assert rows["seed"].isna().all() and "reference_answer" not in rows.columns
+    # one answer per prompt is one sample
+    assert judge_answers(judge, prompts, ["aa", "b"], ["a", "bb"])["preference"].tolist() == [1.0, 0.0]
+    with pytest.raises(UserError, match="prompt 0 has 2 answers but 1 baseline answers"):
+        judge_answers(judge, prompts, [["a", "b"], ["c"]], [["a"], ["c"]])
+    with pytest.raises(UserError, match="baseline_answers has 1 entries for 2 prompts"):
+        judge_answers(judge, prompts, ["a", "b"], ["a"])
+
+
+def test_judge_answers_passes_references_to_a_judge_that_needs_them_and_refuses_a_consensus_judge():
+    def overlap(answers, references):
+        return [len(set(a.split()) & set(r.split())) / len(set(r.split())) for a, r in zip(answers, references)]
+
+    judge = get_oracle("reference", similarity=overlap)
+    rows = judge_answers(judge, ["q"], [["paris is big", "no"]], [["no idea", "paris"]], references=["paris is"])
+    assert rows["score"].tolist() == [1.0, 0.0] and rows["reference_score"].tolist() == [0.0, 0.5]
+    assert rows["preference"].tolist() == [1.0, 0.0] and rows["reference_answer"].tolist() == ["paris is"] * 2
+    with pytest.raises(OracleError, match=r"judge 'reference\(overlap\)' needs one reference answer per prompt"):
+        judge_answers(judge, ["q"], ["a"], ["b"])
+    consensus = get_oracle("consensus", similarity=overlap)
+    with pytest.raises(OracleError, match=r"cannot judge two answers \(its scores of a pair are symmetric"):
+        judge_answers(consensus, ["q"], ["a"], ["b"])
+
+
+def test_best_of_n_keeps_the_oracles_favourite(tiny_lm):
+    oracle = get_oracle("callable", function=lambda p, a: float(len(set(a))))
+    result = best_of_n(tiny_lm, PROMPTS, oracle, k=4, max_new_tokens=6, temperature=1.0, seed=11, progress=False)
+    plain = generate(tiny_lm, PROMPTS, num_samples=4, max_new_tokens=6, temperature=1.0, seed=11, progress=False)
+    assert result.candidates == plain  # K samples of the model as it is
+    for row, scores, j, chosen in zip(plain, result.scores, result.index, result.chosen):
+        assert scores == [float(len(set(g.text))) for g in row]
+        assert j == scores.index(max(scores)) and chosen == row[j]
+    flat = best_of_n(tiny_lm, PROMPTS[:1], get_oracle("callable", function=lambda p, a: 0.0), k=3, max_new_tokens=4)
+    assert flat.index == [0]  # a tie keeps the first
+    with pytest.raises(UserError, match="k must be an integer >= 2"):
+        best_of_n(tiny_lm, PROMPTS, oracle, k=1)
+    # the best-of-N line: its choices judged against the base model's answers
+    line = summarize(judge_answers(oracle, PROMPTS, result.chosen, [row[0] for row in plain]), seed=0, n_boot=100)
+    assert line["n"] == 3 and line["win_rate"] >= 0.5
+
+
+def test_evaluate_with_cached_baseline_answers_equals_evaluate_without(tiny_lm):
+    judge = get_oracle("callable", function=lambda p, a: float(len(a.split())))
+    steering = {2: 8.0 * torch.randn(tiny_lm.hidden_size, generator=torch.Generator().manual_seed(0))}
+    settings = dict(SETTINGS, controls=("low_temperature",), sanity=False)
+    fresh = evaluate(tiny_lm, PROMPTS, steering, judge=judge, **settings)
+    sampling = SamplingParams(max_new_tokens=6, temperature=1.0)
+    cached = generate(tiny_lm, PROMPTS, num_samples=2, sampling=sampling, seed=5, progress=False)
+    again = evaluate(tiny_lm, PROMPTS, steering, judge=judge, baseline_answers=cached, **settings)
+    pd.testing.assert_frame_equal(fresh.rows, again.rows)
+    pd.testing.assert_frame_equal(fresh.summary, again.summary)
+    with pytest.raises(UserError, match=r"baseline_answers\[0\] has 1 answers; num_samples=2 needs 2 per prompt"):
+        evaluate(tiny_lm, PROMPTS, steering, judge=judge, baseline_answers=[row[:1] for row in cached], **settings)
+    with pytest.raises(UserError, match="either reference .* or baseline_answers, not both"):
+        evaluate(tiny_lm, PROMPTS, steering, judge=judge, reference=steering, baseline_answers=cached, **settings)
+
+
+def test_evaluate_summary_has_the_paired_effect_lc_interval_and_verdict(tiny_lm):
+    def overlap(answers, references):
+        return [len(set(a.split()) & set(r.split())) / max(1, len(set(r.split()))) for a, r in zip(answers, references)]
+
+    judge = get_oracle("reference", similarity=overlap)
+    refs = ["Paris is the capital.", "Sleep well and often.", "The sea is wide."]
+    with pytest.raises(OracleError, match="needs one reference answer per prompt"):
+        evaluate(tiny_lm, PROMPTS, None, judge=judge, **SETTINGS)  # refused before generating
+    result = evaluate(tiny_lm, PROMPTS, None, judge=judge, references=refs, controls=(), n_boot=200, **SETTINGS)
+    row = result.summary.iloc[0]
+    assert (row["effect"], row["effect_ci_low"], row["effect_ci_high"]) == (0.0, 0.0, 0.0)  # same seeds, same text
+    assert row["verdict"].startswith("no measured difference: paired score effect +0")
+    assert row["verdict_basis"] == "paired_effect" and row["lc_ci_low"] <= row["lc_win_rate"] <= row["lc_ci_high"]
+    assert result.rows["reference_answer"].tolist() == [r for r in refs for _ in range(2)]
+    assert result.sanity is not None and result.sanity.n == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -56,8 +57,9 @@ def test_a_strength_that_wrecks_the_text_is_never_chosen(fitted):
     # pushed far off course a high one.
     lm = tiny_model("llama")
     lm.model.lm_head.weight.data *= 30
+    steering = dataclasses.replace(fitted, allow_identity_mismatch=True)  # other weights: the fingerprint differs
     oracle = get_oracle("callable", function=lambda prompt, answer: float(len(set(answer))))
-    wrecked = select_strength(lm, fitted, PROMPTS, oracle, alphas=[2000.0], max_nll_increase=0.1, max_new_tokens=8)
+    wrecked = select_strength(lm, steering, PROMPTS, oracle, alphas=[2000.0], max_nll_increase=0.1, max_new_tokens=8)
     assert [row["fluent"] for row in wrecked.rows] == [True, False, False, False]
     assert wrecked.disabled and wrecked.steering.alpha == 0.0 and wrecked.rows[0]["chosen"]
     assert wrecked.rows[1]["nll"] > wrecked.rows[0]["nll"] + 0.1

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import pytest
 
 from sims_core import generate
-from sims_core.generation import sample_seed
+from sims_core.errors import UserError
+from sims_core.generation import SamplingParams, sample_seed
 
 PROMPTS = ["hi", "Explain how plants grow: they need water, light and soil.", "What is the capital of France?"]
 
@@ -224,3 +228,63 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_answer(
     assert min(sizes_together[1:]) < 12  # finished rows were dropped from the batch
     assert ids(together) == ids(riding) == ids(alone)
     assert [[g.finish_reason for g in row] for row in together] == [[g.finish_reason for g in row] for row in alone]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_new_tokens": 0}, r"^max_new_tokens must be a positive integer \(tokens per answer\), got 0$"),
+        ({"max_new_tokens": 2.5}, r"^max_new_tokens must be a positive integer \(tokens per answer\), got 2\.5$"),
+        ({"max_new_tokens": True}, r"^max_new_tokens must be a positive integer \(tokens per answer\), got True$"),
+        ({"temperature": -0.1}, r"^temperature must be >= 0 \(0 means greedy\) and finite, got -0\.1$"),
+        ({"temperature": float("nan")}, r"^temperature must be >= 0 \(0 means greedy\) and finite, got nan$"),
+        ({"top_p": 0.0}, r"^top_p must be in \(0, 1\] \(the nucleus probability mass\), got 0\.0$"),
+        ({"top_p": 1.5}, r"^top_p must be in \(0, 1\] \(the nucleus probability mass\), got 1\.5$"),
+        ({"batch_size": 0}, r"^batch_size must be a positive integer \(sequences per forward\), got 0$"),
+    ],
+)
+def test_sampling_params_refuse_bad_values_naming_the_field(fields, message):
+    with pytest.raises(UserError, match=message):
+        SamplingParams(**fields)
+
+
+def test_sampling_params_hold_the_one_set_of_defaults():
+    params = SamplingParams()
+    assert (params.max_new_tokens, params.temperature, params.top_p, params.batch_size) == (48, 0.8, 0.95, 32)
+    assert SamplingParams(temperature=1).temperature == 1.0 and isinstance(
+        SamplingParams(temperature=1).temperature, float
+    )
+    assert params.override(temperature=None, top_p=0.5) == SamplingParams(top_p=0.5)
+    assert SamplingParams.resolve(None, max_new_tokens=7) == SamplingParams(max_new_tokens=7)
+    with pytest.raises(UserError, match="sampling must be a SamplingParams, got dict"):
+        SamplingParams.resolve({"temperature": 0.5})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.temperature = 0.1  # type: ignore[misc]
+    # every function that samples takes its defaults from SamplingParams
+    from sims_core.evaluation import best_of_n, evaluate
+    from sims_core.steering.strength import select_strength
+
+    for function in (generate, evaluate, best_of_n, select_strength):
+        signature = inspect.signature(function)
+        assert signature.parameters["sampling"].default is None
+        assert all(signature.parameters[name].default is None for name in ("max_new_tokens", "temperature", "top_p"))
+
+
+def test_sampling_params_and_keywords_give_the_same_answers(tiny_lm):
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9, batch_size=2)
+    by_object = generate(tiny_lm, PROMPTS, num_samples=2, sampling=params, seed=3, progress=False)
+    by_keywords = generate(
+        tiny_lm,
+        PROMPTS,
+        num_samples=2,
+        max_new_tokens=6,
+        temperature=1.0,
+        top_p=0.9,
+        batch_size=2,
+        seed=3,
+        progress=False,
+    )
+    assert by_object == by_keywords
+    assert all(g.num_tokens <= 6 for row in by_object for g in row)
+    greedy = generate(tiny_lm, PROMPTS[:1], sampling=params, temperature=0.0, progress=False)[0][0]
+    assert greedy == generate(tiny_lm, PROMPTS[:1], max_new_tokens=6, temperature=0.0, progress=False)[0][0]

@@ -6,10 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
+from collections import Counter
 from importlib import resources
 
 import pytest
 
+from sims_core.errors import UserError
 from sims_core.prompts import (
     SPLITS,
     PromptRecord,
@@ -128,9 +131,37 @@ def test_split_refuses_an_empty_split_and_names_it():
         split_prompts(four, seed=0)
     assert str(info.value) == (
         "split 'val' would be empty with 4 prompts (train 4, val 0, eval 0; eval_fraction=0.25, "
-        "val_fraction=0.15, seed=0): add prompts, raise val_fraction, or set val_fraction=0 to "
-        "have no val split"
+        "val_fraction=0.15, seed=0): add prompts, or set eval_fraction=0.55 and val_fraction=0.15 (every split "
+        "then has a prompt), or set val_fraction=0 to have no val split"
     )
+
+
+@pytest.mark.parametrize("texts", [["a", "b", "c", "d"], ["What is 2+2?", "Name a colour.", "Write a haiku."]])
+def test_the_advice_of_a_split_error_works_and_never_suggests_what_a_run_refuses(texts):
+    from sims_core.config import SimsConfig
+    from sims_core.prompts import PromptSplitError
+
+    records, _ = make_prompt_records(texts)
+    with pytest.raises(PromptSplitError) as info:
+        split_prompts(records, seed=0, allow_empty_splits=False)
+    message = str(info.value)
+    assert "=0 " not in message and not message.endswith("=0")
+    suggested = dict(re.findall(r"(eval_fraction|val_fraction)=([0-9.]+) ", message.split(": ", 1)[1] + " "))
+    fractions = {k: float(v) for k, v in suggested.items()}
+    assert set(fractions) == {"eval_fraction", "val_fraction"}
+    SimsConfig(**fractions)  # the config accepts the advice ...
+    assert {r.split for r in split_prompts(records, seed=0, **fractions)} == {
+        "train",
+        "val",
+        "eval",
+    }  # ... and it works
+
+
+def test_too_few_distinct_prompts_for_a_run_say_how_many_are_needed():
+    records, report = make_prompt_records(["the same prompt"] * 60)
+    assert report.n_duplicates == 59
+    with pytest.raises(ValueError, match="a run needs at least 3 distinct prompts"):
+        split_prompts(records, allow_empty_splits=False)
 
 
 def test_split_zero_fraction_means_no_such_split():
@@ -218,23 +249,68 @@ def test_records_to_rows_matches_prompts_artifact_columns():
         "prompt": TEXTS[0],
         "split": records[0].split,
         "category": "maths",
+        "reference": None,
     }
 
 
 def test_default_prompts_packaged_set():
     records = default_prompts()
-    assert len(records) >= 200
+    assert len(records) == 600
     assert len({r.prompt_id for r in records}) == len(records)
     assert len({r.prompt.lower() for r in records}) == len(records)
     assert all(r.category for r in records) and all(r.split is None for r in records)
-    assert len({r.category for r in records}) >= 8
-    assert all(len(r.prompt.split()) <= 25 for r in records)
+    by_category = Counter(r.category for r in records)
+    assert len(by_category) == 12 and set(by_category.values()) == {50}
+    # short requests; summaries and rewrites quote the passage they work on
+    assert all(len(r.prompt.split()) <= 60 for r in records)
+    assert sum(len(r.prompt.split()) <= 25 for r in records) >= 500
+    # every prompt has its own non-empty reference answer
+    assert all(r.reference and r.reference == r.reference.strip() for r in records)
+    assert len({r.reference for r in records}) == len(records)
     assert records[0].prompt == "What is the capital city of Australia?"
+    assert records[0].reference.startswith("The capital of Australia is Canberra.")
     # the file is a JSON-lines resource with exactly these keys
     raw = resources.files("sims_core").joinpath("data/default_prompts.jsonl").read_text("utf-8")
     rows = [json.loads(line) for line in raw.splitlines()]
-    assert all(set(row) == {"prompt", "category"} for row in rows)
-    assert len(rows) == len(records)
-    # the default set splits with every split populated
-    counts = split_counts(split_prompts(records))
-    assert min(counts[s] for s in SPLITS) >= 20
+    assert all(set(row) == {"prompt", "category", "reference"} for row in rows)
+    assert [r.reference for r in records] == [row["reference"] for row in rows]
+    # the default set splits with every split populated, and the references follow their prompts
+    split = split_prompts(records)
+    counts = split_counts(split)
+    assert min(counts[s] for s in SPLITS) >= 60
+    assert [r.reference for r in split] == [r.reference for r in records]
+    sample = sample_prompts(split, 40, seed=0, iteration=1, split="eval")
+    by_id = {r.prompt_id: r.reference for r in records}
+    assert all(r.reference == by_id[r.prompt_id] for r in sample.records)
+
+
+def test_a_default_prompts_line_without_a_reference_is_an_error_naming_the_line(monkeypatch):
+    import sims_core.prompts as prompts_module
+
+    lines = [
+        json.dumps({"prompt": "Why is the sky blue?", "category": "explanation", "reference": "Rayleigh scattering."}),
+        json.dumps({"prompt": "Name a prime.", "category": "math"}),
+    ]
+
+    class Fake:
+        def joinpath(self, name):
+            return self
+
+        def read_text(self, encoding):
+            return "\n".join(lines)
+
+    monkeypatch.setattr(prompts_module.resources, "files", lambda package: Fake())
+    with pytest.raises(UserError, match=r"default_prompts.jsonl line 2 has no reference answer"):
+        default_prompts()
+
+
+def test_references_travel_with_their_prompts_and_duplicates_drop_theirs():
+    records, report = make_prompt_records(
+        ["Q1?", " Q2? ", "Q1?", "Q3?"], references=["  A1. ", "A2.", "another A1", "  "]
+    )
+    assert [(r.prompt, r.reference) for r in records] == [("Q1?", "A1."), ("Q2?", "A2."), ("Q3?", None)]
+    assert report.duplicate_indices == (2,)
+    with pytest.raises(UserError, match="references has 1 entries but texts has 2"):
+        make_prompt_records(["a", "b"], references=["x"])
+    with pytest.raises(UserError, match=r"references\[1\] is int"):
+        make_prompt_records(["a", "b"], references=["x", 3])

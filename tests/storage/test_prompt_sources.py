@@ -9,13 +9,7 @@ import pandas as pd
 import pytest
 
 from sims_core.prompts import default_prompts, make_prompt_records
-from storage.prompts import (
-    SUPPORTED_EXTENSIONS,
-    PromptSourceError,
-    PromptTable,
-    load_prompt_table,
-    load_prompt_texts,
-)
+from storage.prompt_sources import SUPPORTED_EXTENSIONS, PromptSourceError, PromptTable, load_prompt_table
 
 PROMPTS = ["What is 2 + 2?", "Name a red fruit.", "Write a haiku about tea.", "Why is ice cold?"]
 CATS = ["math", "factual", "creative", None]
@@ -58,7 +52,7 @@ def test_default_source_is_the_packaged_set():
     assert table.texts == [r.prompt for r in records]
     assert table.categories == [r.category for r in records]
     assert len(set(table.texts)) == len(table.texts) >= 200
-    assert load_prompt_texts("default") == table.texts
+    assert load_prompt_table("default").texts == table.texts
     _, report = make_prompt_records(table.texts, table.categories)
     assert report.n_dropped == 0
 
@@ -69,7 +63,7 @@ def test_local_file_round_trip(tmp_path, fmt):
     _write(path, fmt)
     table = load_prompt_table(str(path))
     assert table == PromptTable(texts=PROMPTS, categories=CATS, source=str(path), column="prompt")
-    assert load_prompt_texts(path) == PROMPTS  # a Path works too
+    assert load_prompt_table(path).texts == PROMPTS  # a Path works too
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl", "json"])
@@ -83,16 +77,16 @@ def test_other_column_and_no_category(tmp_path, fmt):
 def test_json_column_object_and_json_lines_in_dot_json(tmp_path):
     cols = tmp_path / "cols.json"
     cols.write_text(json.dumps({"prompt": PROMPTS}), encoding="utf-8")
-    assert load_prompt_texts(str(cols)) == PROMPTS
+    assert load_prompt_table(str(cols)).texts == PROMPTS
     lines = tmp_path / "lines.json"
     lines.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS), encoding="utf-8")
-    assert load_prompt_texts(str(lines)) == PROMPTS
+    assert load_prompt_table(str(lines)).texts == PROMPTS
 
 
 def test_csv_keeps_text_that_looks_like_numbers_or_na(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text('prompt\n42\nNA\n"Hello, world"\n', encoding="utf-8")
-    assert load_prompt_texts(str(path)) == ["42", "NA", "Hello, world"]
+    assert load_prompt_table(str(path)).texts == ["42", "NA", "Hello, world"]
 
 
 def test_s3_parquet_and_jsonl_round_trip(s3_bucket, aws_env):
@@ -107,16 +101,16 @@ def test_s3_parquet_and_jsonl_round_trip(s3_bucket, aws_env):
                 _frame().to_parquet(f, index=False)
             else:
                 f.write("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS).encode())
-        assert load_prompt_texts(url, storage_options=opts) == PROMPTS
+        assert load_prompt_table(url, storage_options=opts).texts == PROMPTS
     with pytest.raises(FileNotFoundError) as info:
-        load_prompt_texts(f"s3://{s3_bucket}/sets/missing.parquet", storage_options=opts)
+        load_prompt_table(f"s3://{s3_bucket}/sets/missing.parquet", storage_options=opts).texts
     assert str(info.value) == f"prompt file 's3://{s3_bucket}/sets/missing.parquet' does not exist"
 
 
 def test_missing_file_is_named(tmp_path):
     path = tmp_path / "nope.jsonl"
     with pytest.raises(FileNotFoundError) as info:
-        load_prompt_texts(str(path))
+        load_prompt_table(str(path)).texts
     assert str(info.value) == f"prompt file '{path}' does not exist"
 
 
@@ -124,7 +118,7 @@ def test_unknown_extension_lists_supported(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("hello\n")
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts(str(path))
+        load_prompt_table(str(path)).texts
     assert str(info.value) == (
         f"prompt file '{path}' has unsupported extension .txt; supported: "
         ".parquet, .jsonl, .json, .csv (or 'default', or 'hf:NAME[:CONFIG]' for a Hugging Face "
@@ -138,7 +132,7 @@ def test_missing_column_names_file_column_and_existing_columns(tmp_path, fmt):
     path = tmp_path / f"p.{fmt}"
     _write(path, fmt)
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts(str(path), column="question")
+        load_prompt_table(str(path), column="question").texts
     assert str(info.value) == (
         f"prompt file '{path}' has no column 'question'; its columns are "
         "['prompt', 'category', 'n'] (pass column=... to choose one)"
@@ -150,7 +144,7 @@ def test_non_string_and_empty_values_reported_with_rows_and_counts(tmp_path):
     rows = [{"prompt": "ok"}, {"prompt": 5}, {"prompt": "  "}, {"other": "x"}, {"prompt": ""}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts(str(path))
+        load_prompt_table(str(path)).texts
     assert str(info.value) == (
         f"column 'prompt' of prompt file '{path}' has 2 non-string values (NoneType, int) at "
         "rows 2, 4 and 2 empty values at rows 3, 5 (rows counted from 1, out of 5); every "
@@ -162,32 +156,32 @@ def test_parquet_null_and_csv_empty_cell(tmp_path):
     pq_path = tmp_path / "n.parquet"
     pd.DataFrame({"prompt": ["a", None, "c"]}).to_parquet(pq_path, index=False)
     with pytest.raises(PromptSourceError, match=r"1 non-string value \(NoneType\) at rows 2 "):
-        load_prompt_texts(str(pq_path))
+        load_prompt_table(str(pq_path)).texts
     csv_path = tmp_path / "e.csv"
     csv_path.write_text("prompt,category\na,x\n,y\n", encoding="utf-8")
     with pytest.raises(PromptSourceError, match=r"1 empty value at rows 2 \(rows counted"):
-        load_prompt_texts(str(csv_path))
+        load_prompt_table(str(csv_path)).texts
 
 
 def test_empty_file_and_bad_json(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(PromptSourceError, match="has no column 'prompt'; its columns are \\[\\]"):
-        load_prompt_texts(str(empty))
+        load_prompt_table(str(empty)).texts
     no_rows = tmp_path / "none.parquet"
     pd.DataFrame({"prompt": pd.Series([], dtype=str)}).to_parquet(no_rows, index=False)
     with pytest.raises(PromptSourceError, match="has no rows"):
-        load_prompt_texts(str(no_rows))
+        load_prompt_table(str(no_rows)).texts
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"prompt": "a"}\n{"prompt": \n')
     with pytest.raises(PromptSourceError, match="line 2 is not valid JSON"):
-        load_prompt_texts(str(broken))
+        load_prompt_table(str(broken)).texts
 
 
 def test_duplicates_are_kept_by_storage_and_reported_by_core(tmp_path):
     path = tmp_path / "dups.csv"
     pd.DataFrame({"prompt": ["a", "b", "a", "a"]}).to_csv(path, index=False)
-    texts = load_prompt_texts(str(path))
+    texts = load_prompt_table(str(path)).texts
     assert texts == ["a", "b", "a", "a"]
     records, report = make_prompt_records(texts)
     assert [r.prompt for r in records] == ["a", "b"] and report.n_duplicates == 2
@@ -200,18 +194,18 @@ def test_hf_json_builder_with_local_data_file(tmp_path, hf_cache):
     assert table.texts == PROMPTS and table.categories == CATS
     assert hf_cache.exists()  # datasets' cache went to the tmp dir
     with pytest.raises(PromptSourceError, match="has no split 'test'"):
-        load_prompt_texts(f"hf:json:{path}", split="test")
+        load_prompt_table(f"hf:json:{path}", split="test").texts
     with pytest.raises(
         PromptSourceError, match=r"data files '.*missing\.jsonl' for the Hugging Face json builder were not found"
     ):
-        load_prompt_texts(f"hf:json:{tmp_path / 'missing.jsonl'}")
+        load_prompt_table(f"hf:json:{tmp_path / 'missing.jsonl'}").texts
 
 
 def test_hf_local_data_directory(tmp_path, hf_cache):
     data = tmp_path / "my_prompts"
     data.mkdir()
     _write(data / "train.jsonl", "jsonl")
-    assert load_prompt_texts(f"hf:{data}") == PROMPTS
+    assert load_prompt_table(f"hf:{data}").texts == PROMPTS
 
 
 def test_hf_save_to_disk_dataset_and_dataset_dict(tmp_path, hf_cache):
@@ -222,28 +216,28 @@ def test_hf_save_to_disk_dataset_and_dataset_dict(tmp_path, hf_cache):
     assert load_prompt_table(f"hf:{tmp_path / 'saved'}").texts == PROMPTS
     evals = datasets.Dataset.from_dict({"prompt": ["e1", "e2"]})
     datasets.DatasetDict({"train": ds, "eval": evals}).save_to_disk(str(tmp_path / "dd"))
-    assert load_prompt_texts(f"hf:{tmp_path / 'dd'}") == PROMPTS
-    assert load_prompt_texts(f"hf:{tmp_path / 'dd'}", split="eval") == ["e1", "e2"]
+    assert load_prompt_table(f"hf:{tmp_path / 'dd'}").texts == PROMPTS
+    assert load_prompt_table(f"hf:{tmp_path / 'dd'}", split="eval").texts == ["e1", "e2"]
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts(f"hf:{tmp_path / 'dd'}", split="test")
+        load_prompt_table(f"hf:{tmp_path / 'dd'}", split="test").texts
     assert str(info.value) == (
         f"Hugging Face dataset '{tmp_path / 'dd'}' (saved on disk) has no split 'test'; its "
         "splits are ['eval', 'train']"
     )
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts(f"hf:{tmp_path / 'saved'}", column="text")
+        load_prompt_table(f"hf:{tmp_path / 'saved'}", column="text").texts
     assert str(info.value) == (
         f"Hugging Face dataset '{tmp_path / 'saved'}' has no column 'text'; its columns are "
         "['prompt', 'category', 'n'] (pass column=... to choose one)"
     )
     # the directory given without hf: is pointed to the right spelling
     with pytest.raises(PromptSourceError, match=r"saved Hugging Face dataset directory: pass it as 'hf:"):
-        load_prompt_texts(str(tmp_path / "saved"))
+        load_prompt_table(str(tmp_path / "saved")).texts
 
 
 def test_hf_hub_dataset_offline_names_dataset_and_suggests_fixes(hf_cache):
     with pytest.raises(PromptSourceError) as info:
-        load_prompt_texts("hf:no-such-user/no-such-prompts:cfg")
+        load_prompt_table("hf:no-such-user/no-such-prompts:cfg").texts
     msg = str(info.value)
     assert msg.startswith("Hugging Face dataset 'no-such-user/no-such-prompts' (config 'cfg') could not be loaded")
     assert "HF_HUB_OFFLINE=1" in msg and "save_to_disk" in msg
@@ -251,8 +245,111 @@ def test_hf_hub_dataset_offline_names_dataset_and_suggests_fixes(hf_cache):
 
 def test_bad_source_strings():
     with pytest.raises(PromptSourceError, match="prompt source is empty"):
-        load_prompt_texts("  ")
+        load_prompt_table("  ").texts
     with pytest.raises(PromptSourceError, match="names no dataset"):
-        load_prompt_texts("hf:")
+        load_prompt_table("hf:").texts
     with pytest.raises(PromptSourceError, match="without data files; write 'hf:json:PATH_OR_URL'"):
-        load_prompt_texts("hf:json")
+        load_prompt_table("hf:json").texts
+
+
+REFS = ["4.", "An apple.", "Steam curls and rises", None]
+
+
+def _with_references() -> pd.DataFrame:
+    return _frame().assign(reference=REFS)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl", "json"])
+def test_references_are_read_from_every_file_format(tmp_path, fmt):
+    path = tmp_path / f"refs.{fmt}"
+    _write(path, fmt, _with_references())
+    table = load_prompt_table(str(path))
+    assert table.texts == PROMPTS and table.categories == CATS
+    assert table.references == REFS  # a blank or missing reference is None
+    assert load_prompt_table(str(path), reference_column=None).references is None
+    _write(path, fmt, _frame().assign(answer=["a", "b", "c", "d"]))
+    assert load_prompt_table(str(path), reference_column="answer").references == ["a", "b", "c", "d"]
+
+
+def test_references_from_a_saved_dataset_and_the_default_set(tmp_path, hf_cache):
+    import datasets
+
+    datasets.Dataset.from_pandas(_with_references()).save_to_disk(str(tmp_path / "saved"))
+    table = load_prompt_table(f"hf:{tmp_path / 'saved'}")
+    assert table.references == REFS and table.texts == PROMPTS
+    default = load_prompt_table("default", require_reference=True)
+    assert len(default.references) == len(default.texts) == 600
+    assert all(isinstance(r, str) and r.strip() for r in default.references)
+    packaged = [json.loads(line) for line in open(_packaged_prompts(), encoding="utf-8") if line.strip()]
+    assert default.references[0] == packaged[0]["reference"] and default.texts[0] == packaged[0]["prompt"]
+
+
+def _packaged_prompts() -> str:
+    from importlib import resources
+
+    return str(resources.files("sims_core").joinpath("data/default_prompts.jsonl"))
+
+
+def test_files_without_references_have_none(tmp_path):
+    path = tmp_path / "p.jsonl"
+    _write(path, "jsonl")
+    assert load_prompt_table(str(path)).references is None
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_required_reference_column_missing_names_source_column_and_columns(tmp_path, fmt):
+    path = tmp_path / f"p.{fmt}"
+    _write(path, fmt)
+    with pytest.raises(PromptSourceError) as info:
+        load_prompt_table(str(path), require_reference=True)
+    assert str(info.value) == (
+        f"prompt file '{path}' has no reference column 'reference' (its columns are ['prompt', 'category', 'n']): "
+        "the reference judge needs one reference answer (a non-empty string) per prompt; pass reference_column=... "
+        "to choose the column"
+    )
+
+
+def test_required_references_must_all_be_non_empty_strings(tmp_path, hf_cache):
+    path = tmp_path / "p.parquet"
+    _write(path, "parquet", _with_references())
+    with pytest.raises(PromptSourceError) as info:
+        load_prompt_table(str(path), require_reference=True)
+    assert str(info.value) == (
+        f"prompt file '{path}' has 1 non-string value (NoneType) at rows 4 in reference column 'reference' (its "
+        "columns are ['prompt', 'category', 'n', 'reference']): the reference judge needs one reference answer "
+        "(a non-empty string) per prompt; pass reference_column=... to choose the column"
+    )
+    import datasets
+
+    datasets.Dataset.from_pandas(_frame()).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(PromptSourceError, match=r"^Hugging Face dataset '.*saved' has no reference column 'reference'"):
+        load_prompt_table(f"hf:{tmp_path / 'saved'}", require_reference=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "json"])
+def test_a_file_that_is_not_utf8_names_the_file_and_the_offset_of_the_first_bad_byte(tmp_path, fmt):
+    path = tmp_path / f"latin1.{fmt}"
+    head = {"csv": b"prompt\nok\n", "jsonl": b'{"prompt": "ok"}\n', "json": b'[{"prompt": "ok"}, '}[fmt]
+    path.write_bytes(head + "caf\u00e9".encode("latin-1"))
+    with pytest.raises(PromptSourceError) as info:
+        load_prompt_table(str(path))
+    offset = len(head) + 3
+    assert str(info.value) == (
+        f"prompt file '{path}' is not UTF-8 text: byte {offset} (0xe9) is not valid UTF-8; save it as UTF-8"
+    )
+
+
+def test_a_utf8_bom_is_skipped_and_counted_in_offsets(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfprompt\nok\n")
+    assert load_prompt_table(str(path)).texts == ["ok"]
+    path.write_bytes(b"\xef\xbb\xbfprompt\n\xff\n")
+    with pytest.raises(PromptSourceError, match="byte 10 \\(0xff\\)"):
+        load_prompt_table(str(path))
+
+
+def test_a_damaged_parquet_prompt_file_names_the_file(tmp_path):
+    path = tmp_path / "p.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(PromptSourceError, match=f"^prompt file '{path}' is not a readable Parquet file"):
+        load_prompt_table(str(path))

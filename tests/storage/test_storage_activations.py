@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from storage import ActivationReader, ActivationWriter, ArtifactSchemaError, write_table
+from storage import ActivationReader, ActivationWriter, ArtifactSchemaError, ArtifactStore
 
 HIDDEN = 16
 
@@ -38,7 +38,7 @@ def test_writer_flushes_row_groups_per_layer_and_values_round_trip(store, dtype)
     assert w.row_groups_written == 16
     assert w.result is not None and w.result.rows == 60
 
-    path = store.location.to_path(uri)
+    path = store.path(uri)
     with store.fs.open(path, "rb") as f:
         meta = pq.ParquetFile(f).metadata
         sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -190,7 +190,9 @@ def test_an_empty_writer_needs_a_hidden_size(tmp_path):
 
 def test_reader_checks_the_schema(tmp_path):
     uri = str(tmp_path / "p.parquet")
-    write_table(None, uri, pa.table({"prompt_id": ["a"], "prompt": ["b"], "split": ["c"]}), "prompts")
+    ArtifactStore.open(tmp_path).write_table(
+        uri, pa.table({"prompt_id": ["a"], "prompt": ["b"], "split": ["c"]}), "prompts"
+    )
     with pytest.raises(ArtifactSchemaError, match="'pair_id' is missing"):
         ActivationReader(None, uri)
 
@@ -198,8 +200,7 @@ def test_reader_checks_the_schema(tmp_path):
 def test_files_written_by_write_table_are_readable_by_layer(tmp_path):
     """Without the writer's layer index, the reader falls back to row-group statistics/data."""
     uri = str(tmp_path / "a.parquet")
-    write_table(
-        None,
+    ArtifactStore.open(tmp_path).write_table(
         uri,
         pa.table(
             {

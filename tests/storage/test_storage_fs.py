@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from storage import ArtifactStore, Manifest, UnsupportedStoreError, resolve_store
+from storage import ArtifactStore, Manifest, UnsupportedStoreError
 
 
 def test_default_store_is_runs_under_the_working_directory(tmp_path, monkeypatch):
@@ -26,7 +26,7 @@ def test_file_url_is_a_local_store(tmp_path):
 
 def test_unsupported_scheme_names_the_url_and_the_supported_ones():
     with pytest.raises(UnsupportedStoreError) as err:
-        resolve_store("gcs://bucket/runs")
+        ArtifactStore.open("gcs://bucket/runs")
     msg = str(err.value)
     assert "gcs://bucket/runs" in msg
     assert "s3://" in msg and "local directory" in msg
@@ -34,7 +34,7 @@ def test_unsupported_scheme_names_the_url_and_the_supported_ones():
 
 def test_storage_options_are_refused_for_a_local_store(tmp_path):
     with pytest.raises(ValueError, match="only apply to s3"):
-        resolve_store(tmp_path, {"anon": True})
+        ArtifactStore.open(tmp_path, {"anon": True})
 
 
 def test_s3_store_takes_the_endpoint_from_aws_endpoint_url(s3_bucket, aws_env):
@@ -108,9 +108,39 @@ def test_list_runs_of_an_empty_store_is_empty(tmp_path):
 
 
 def test_a_bare_s3_uri_is_opened_from_the_aws_environment(s3_bucket, aws_env):
-    from storage import content_hash, read_bytes, write_bytes
-
+    store = ArtifactStore.open(f"s3://{s3_bucket}")
     uri = f"s3://{s3_bucket}/loose/file.bin"
-    written = write_bytes(None, uri, b"payload")
-    assert read_bytes(None, uri) == b"payload"
-    assert content_hash(None, uri) == written.sha256
+    written = store.write_bytes(uri, b"payload")
+    assert store.read_bytes(uri) == b"payload"
+    assert store.content_hash(uri) == written.sha256
+
+
+def test_any_installed_fsspec_protocol_is_a_store():
+    store = ArtifactStore.open("memory://sims-test-store/runs")
+    assert store.protocol == "memory" and store.url == "memory:///sims-test-store/runs"
+    uri = store.uri("r1", 1, "prompts")
+    assert uri == "memory:///sims-test-store/runs/r1/iter=1/prompts.parquet"
+    store.write_table(uri, [{"prompt_id": "a", "prompt": "Hi?", "split": "train"}], "prompts")
+    assert store.read_frame(uri, "prompts")["prompt"].tolist() == ["Hi?"]
+    Manifest.load_or_create(store, "r1")
+    assert store.list_runs() == ["r1"]
+
+
+def test_unknown_and_uninstalled_protocols_name_the_url():
+    with pytest.raises(UnsupportedStoreError) as err:
+        ArtifactStore.open("nosuch://bucket/runs")
+    assert str(err.value) == (
+        "store URL 'nosuch://bucket/runs': protocol 'nosuch' is unknown; supported: a local directory path, "
+        "file://path, s3://bucket/prefix, or another fsspec protocol whose package is installed (gs:// with "
+        "gcsfs, az:// with adlfs)"
+    )
+    with pytest.raises(UnsupportedStoreError, match="^store URL 'gcs://bucket/runs': protocol 'gcs' needs a package"):
+        ArtifactStore.open("gcs://bucket/runs")
+    with pytest.raises(UnsupportedStoreError, match="names no bucket; expected s3://bucket"):
+        ArtifactStore.open("s3://")
+
+
+def test_s3_listings_are_never_cached_and_the_endpoint_option_wins(s3_bucket, aws_env):
+    store = ArtifactStore.open(f"s3a://{s3_bucket}/x", storage_options={"endpoint_url": aws_env})
+    assert store.protocol == "s3" and store.url == f"s3://{s3_bucket}/x"
+    assert store.storage_options == {"endpoint_url": aws_env, "use_listings_cache": False}

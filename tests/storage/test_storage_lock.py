@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from storage import LockInfo, RunLock, RunLockedError, break_lock, read_lock
+from storage.lock import LockInfo, RunLock, RunLockedError, break_lock, read_lock
 
 
 def dead_pid() -> int:
@@ -39,7 +39,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(store):
         assert first.held and first.info is not None
         since = first.info.since
         # The lock is one complete file, no temporaries beside it.
-        assert store.fs.ls(store.location.join("r1"), detail=False) == [store.location.to_path(store.lock_uri("r1"))]
+        assert store.fs.ls(store.path(store.run_uri("r1")), detail=False) == [store.path(store.lock_uri("r1"))]
         with pytest.raises(RunLockedError) as err:
             RunLock(store, "r1", holder="sims run (flow 43)").acquire()
     msg = str(err.value)

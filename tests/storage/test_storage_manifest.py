@@ -9,7 +9,8 @@ import threading
 import pandas as pd
 import pytest
 
-from storage import ArtifactStore, Manifest, content_hash, stable_hash, write_bytes, write_table
+from sims_core.hashing import canonical_hash as stable_hash
+from storage import ArtifactStore, Manifest
 
 CFG_A = "a" * 64
 CFG_B = "b" * 64
@@ -24,7 +25,7 @@ def prompts_df(n: int = 3, tag: str = "q") -> pd.DataFrame:
 def completed(store, run="r1", iteration=1, phase="prompts", inputs=None, n=3):
     m = Manifest.load_or_create(store, run, config={"seed": 1}, sims_version="0.1.0")
     m.start(iteration, phase, config_hash=CFG_A, input_hashes=inputs or {})
-    out = write_table(store, store.uri(run, iteration, phase), prompts_df(n), "prompts")
+    out = store.write_table(store.uri(run, iteration, phase), prompts_df(n), "prompts")
     m.complete(iteration, phase, {phase: out})
     return m, out
 
@@ -58,7 +59,7 @@ def test_completed_entry_records_hashes_rows_and_timing(store):
     assert e.input_hashes == {"config": "c" * 64}
     assert e.rows == 3
     assert e.outputs["prompts"].uri == "iter=1/prompts.parquet"  # relative to the run directory
-    assert e.outputs["prompts"].sha256 == content_hash(store, out.uri) == out.sha256
+    assert e.outputs["prompts"].sha256 == store.content_hash(out.uri) == out.sha256
     assert e.duration_s is not None and e.duration_s >= 0
     assert e.started_at <= e.finished_at
     assert e.attempts == 1 and e.error is None
@@ -101,7 +102,7 @@ def test_reason_output_file_missing(store):
 
 def test_reason_output_modified_after_it_was_written(store):
     m, out = completed(store)
-    write_table(store, out.uri, prompts_df(5, "other"), "prompts")
+    store.write_table(out.uri, prompts_df(5, "other"), "prompts")
     fresh, reason = m.is_fresh(1, "prompts", CFG_A, {})
     assert not fresh
     assert reason.startswith("output 'prompts' changed since it was written (hash ")
@@ -112,7 +113,7 @@ def test_output_rewritten_with_identical_bytes_is_still_fresh(store):
     m, out = completed(store)
     data = store.read_bytes(out.uri)
     store.delete(out.uri)
-    write_bytes(store, out.uri, data)  # new mtime/inode or ETag timestamp, same content
+    store.write_bytes(out.uri, data)  # new mtime/inode or ETag timestamp, same content
     assert m.is_fresh(1, "prompts", CFG_A, {})[0] is True
 
 
@@ -138,7 +139,7 @@ def test_a_retry_counts_attempts_and_clears_the_error(store):
     m.start(1, "buffer", config_hash=CFG_A)
     m.fail(1, "buffer", "boom")
     m.start(1, "buffer", config_hash=CFG_A)
-    out = write_bytes(store, store.run_uri("r1", "iter=1/buffer.bin"), b"x")
+    out = store.write_bytes(store.run_uri("r1", "iter=1/buffer.bin"), b"x")
     e = m.complete(1, "buffer", {"buffer": out.uri}, rows=7)
     assert e.attempts == 2 and e.error is None and e.rows == 7 and e.status == "completed"
     assert e.outputs["buffer"].sha256 == out.sha256  # hashed from the plain URI
@@ -154,7 +155,7 @@ def test_iterations_sort_numerically_and_status_table(store):
     m = Manifest.load_or_create(store, "r1")
     for it in (10, 2, 1):
         m.start(it, "prompts", config_hash=CFG_A)
-        out = write_table(store, store.uri("r1", it, "prompts"), prompts_df(it), "prompts")
+        out = store.write_table(store.uri("r1", it, "prompts"), prompts_df(it), "prompts")
         m.complete(it, "prompts", {"prompts": out})
     m.start(2, "generations", config_hash=CFG_A)
     m.fail(2, "generations", "killed")

@@ -6,19 +6,32 @@ import math
 
 import pytest
 
-from sims_core.oracles import Oracle, OracleError, check_scores, get_oracle, known_oracles, validate_candidates
+from sims_core.oracles import (
+    Oracle,
+    OracleError,
+    check_scores,
+    get_oracle,
+    known_oracles,
+    oracle_info,
+    validate_candidates,
+)
 
 
 def test_known_oracles_are_registered():
-    assert {"embedding", "reward_model", "self_judge", "pmi", "callable", "sum"} <= set(known_oracles())
+    assert {"embedding", "reward_model", "self_judge", "pmi", "callable", "sum", "reference", "consensus"} <= set(
+        known_oracles()
+    )
 
 
 def test_unknown_oracle_name_lists_the_known_ones():
     with pytest.raises(
         OracleError,
-        match=r"unknown oracle 'magic'; known oracles: callable, embedding, pmi, reward_model, self_judge, sum",
+        match=r"unknown oracle 'magic'; known oracles: callable, consensus, embedding, pmi, reference, reward_model, "
+        r"self_judge, sum$",
     ):
         get_oracle("magic")
+    with pytest.raises(OracleError, match=r"unknown oracle 'magic'; known oracles: callable, consensus, embedding"):
+        oracle_info("magic")
 
 
 def test_bad_option_names_the_oracle_and_its_options():

@@ -69,7 +69,9 @@ def test_header_describes_the_file(fitted, tiny, tmp_path):
         "num_layers": 4,
         "hidden_size": 64,
         "model_type": "llama",
+        "weights": tiny.weights_fingerprint,
     }
+    assert set(header["model"]["weights"]) == {"shapes", "sample"} and len(header["model"]["weights"]["sample"]) == 48
     assert header["sims_version"] == sims_core.__version__
     assert set(header["layer_scores"]) == {"1", "2"} and header["metadata"] == {"iteration": 3}
     assert header["options"]["lr"] == 5e-4 and header["options"]["epochs"] == 1
@@ -142,3 +144,75 @@ def test_files_that_are_not_steering_files_are_clear_errors(fitted, tmp_path):
         SteeringSet.load(partial)
     with pytest.raises(FileNotFoundError, match="no steering file"):
         SteeringSet.load(tmp_path / "missing")
+
+
+def _with_header(steering: SteeringSet, **changes) -> bytes:
+    """The steering file's bytes with header fields replaced (tensors as they are)."""
+    from safetensors.torch import save
+
+    header = {**steering.header(), **changes}
+    tensors = {f"layers.{layer}.{name}": t for layer in steering.layers for name, t in steering[layer].state().items()}
+    return save(tensors, metadata={"sims_steering": json.dumps(header)})
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_a_header_alpha_that_is_not_finite_is_refused(fitted, alpha):
+    with pytest.raises(SteeringFileError, match="header field 'alpha' must be a finite number"):
+        SteeringSet.from_bytes(_with_header(fitted["mean_diff"], alpha=alpha), source="bad.safetensors")
+
+
+def test_a_header_dtype_that_does_not_match_the_tensors_is_refused(fitted):
+    with pytest.raises(
+        SteeringFileError, match="bad.safetensors: tensor 'layers.1.vector' is float32 but the header says"
+    ):
+        SteeringSet.from_bytes(_with_header(fitted["mean_diff"], dtype="float16"), source="bad.safetensors")
+    with pytest.raises(SteeringFileError, match="header field 'dtype' must be one of"):
+        SteeringSet.from_bytes(_with_header(fitted["mean_diff"], dtype="int8"), source="bad.safetensors")
+    with pytest.raises(SteeringFileError, match="lists a layer twice"):
+        SteeringSet.from_bytes(_with_header(fitted["mean_diff"], layers=[1, 1, 2]), source="bad.safetensors")
+
+
+def test_tensors_with_nan_are_refused(fitted):
+    from safetensors.torch import save
+
+    steering = fitted["mean_diff"]
+    vector = steering[1].state()["vector"].clone()
+    vector[3] = float("nan")
+    data = save(
+        {"layers.1.vector": vector, "layers.2.vector": steering[2].state()["vector"]},
+        metadata={"sims_steering": json.dumps(steering.header())},
+    )
+    with pytest.raises(SteeringFileError, match="tensor 'layers.1.vector' holds NaN or infinite values"):
+        SteeringSet.from_bytes(data)
+
+
+def test_the_model_identity_is_the_weights_not_the_folder(tmp_path):
+    """The same weights in another folder (or another dtype) fit; other weights at the same path do not."""
+    from sims_core import load_model
+    from sims_core.testing import save_tiny_model
+
+    first = load_model(save_tiny_model(tmp_path / "a", seed=0))
+    g = torch.Generator().manual_seed(0)
+    steering = fit_steering(
+        "mean_diff", {1: torch.randn(8, 64, generator=g)}, {1: torch.randn(8, 64, generator=g)}, model=first
+    )
+    data = steering.to_bytes()
+    copy = load_model(save_tiny_model(tmp_path / "b", seed=0))
+    assert copy.name != first.name
+    assert SteeringSet.from_bytes(data, model=copy).layers == [1]  # same weights, another folder
+    assert SteeringSet.from_bytes(data, model=load_model(tmp_path / "b", dtype="bfloat16")).layers == [1]
+    save_tiny_model(tmp_path / "a", seed=1)  # other weights at the same path, same config
+    retrained = load_model(tmp_path / "a")
+    assert retrained.name == first.name and retrained.config_hash == first.config_hash
+    with pytest.raises(IncompatibleSteeringError, match="its weights differ"):
+        SteeringSet.from_bytes(data, model=retrained)
+
+
+def test_files_without_a_weights_fingerprint_still_load_and_match_by_name(fitted, tiny, tiny_qwen):
+    header = fitted["mean_diff"].header()
+    old_model = {k: v for k, v in header["model"].items() if k != "weights"}
+    data = _with_header(fitted["mean_diff"], model=old_model)
+    loaded = SteeringSet.from_bytes(data, model=tiny)
+    assert loaded.model.weights is None and loaded.layers == fitted["mean_diff"].layers
+    with pytest.raises(IncompatibleSteeringError, match="records no weights fingerprint|config hash"):
+        SteeringSet.from_bytes(data, model=tiny_qwen)

@@ -10,7 +10,7 @@ import pytest
 
 from sims_core.generation import generate
 from sims_core.oracles import OracleError, get_oracle
-from sims_core.pairs import (
+from sims_core.preferences import (
     PairSet,
     PreferenceBuffer,
     PreferencePair,

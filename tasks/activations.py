@@ -1,4 +1,4 @@
-"""Task: activations of the BASE model on the buffer's chosen / rejected answers."""
+"""The activations phase: the BASE model's activations on the buffer's chosen / rejected answers."""
 
 from __future__ import annotations
 
@@ -11,27 +11,27 @@ from sims_core.sharding import canonical_groups, shard_groups
 from sims_core.steering import align_pairs
 from storage import shard_phase
 from tasks.phase import PhaseContext, phase_logger, run_phase
-from tasks.runtime import base_model, exclusive, worker_setup
+from tasks.runtime import runtime
 
-__all__ = ["extract_activations", "TOKEN_LEARNERS"]
+__all__ = ["ACTIVATION_FIELDS", "activations_phase"]
 
-# Learners trained on token-aligned pairs (HPR's published recipe); the others on mean-pooled rows.
-TOKEN_LEARNERS = ("hpr", "linear_shift")
+ACTIVATION_FIELDS = ("model", "device", "dtype", "system_prompt", "layers", "learner")
 
 
-@task(name="extract-activations", cache_policy=NO_CACHE)
-def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards: int = 1) -> str:
+@task(name="activations", cache_policy=NO_CACHE)
+def activations_phase(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards: int = 1) -> str:
     """Capture the candidate layers' activations on every pair of the buffer (those of ``shard``
     when the phase is split in ``shards``), streamed to Parquet in row groups. Pairs go through
     the model in canonical groups of ``batch_size`` (by length, then pair id), one batch each, so
     the values do not depend on the number of shards; memory stays bounded by one group.
-    Mean-pooled rows for mean_diff; token-aligned rows (``pair_id:k``) for HPR / linear_shift."""
+    Mean-pooled rows for most learners; token-aligned rows (``pair_id:k``) for those whose
+    `Learner.token_level` says so (HPR, linear_shift)."""
     phase = shard_phase("activations", shard, shards)
 
     def compute():
-        cfg = ctx.cfg
-        worker_setup(cfg)
-        lm = base_model(cfg)
+        cfg = ctx.config
+        runtime().setup(cfg)
+        lm = runtime().model(cfg)
         store = ctx.store
         layers = cfg.candidate_layers(lm.num_layers)
         pairs = store.read_frame(buffer_uri, "buffer")
@@ -42,13 +42,13 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
             len(lm.encode_prompt(p)) + max(c, r) for p, c, r in zip(pairs["prompt"], chosen_counts, rejected_counts)
         ]
         groups = shard_groups(canonical_groups(pairs["pair_id"].tolist(), lengths, cfg.batch_size), shard, shards)
-        per_token = cfg.learner in TOKEN_LEARNERS
+        per_token = cfg.token_level
         pooling = "none" if per_token else "mean"
         skipped_tokens = 0
         extracted = sum(len(group) for group in groups)
         desc = "extracting activations" if shards == 1 else f"extracting ({phase})"
         with (
-            exclusive(lm),
+            runtime().exclusive(lm),
             store.activation_writer(ctx.uri(phase), hidden=lm.hidden_size, dtype="float32") as writer,
             progress_bar(total=extracted, desc=desc, unit="pair") as bar,
         ):
@@ -101,10 +101,5 @@ def extract_activations(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shar
         )
         return {"activations": writer.result}
 
-    return run_phase(
-        ctx,
-        phase,
-        depends_on=("model", "device", "dtype", "system_prompt", "layers", "learner"),
-        inputs={"buffer": buffer_uri},
-        compute=compute,
-    ).uri
+    result = run_phase(ctx, phase, depends_on=ACTIVATION_FIELDS, inputs={"buffer": buffer_uri}, compute=compute)
+    return result.state(result.uri)

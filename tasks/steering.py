@@ -1,10 +1,9 @@
-"""Task: fit the steering functions of iteration t and choose their strength."""
+"""The steering phase: fit the steering functions of iteration t and choose their strength."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import pandas as pd
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -13,11 +12,11 @@ from sims_core.seeding import derive_seed
 from sims_core.steering import fit_steering
 from sims_core.steering.strength import select_strength
 from tasks.phase import PhaseContext, phase_logger, run_phase, shard_inputs
-from tasks.runtime import base_model, load_steering, make_oracle
+from tasks.runtime import load_steering, runtime
 
-__all__ = ["fit_steering_set", "FIT_FIELDS"]
+__all__ = ["STEERING_FIELDS", "steering_phase"]
 
-FIT_FIELDS = (
+STEERING_FIELDS = (
     "learner",
     "learner_options",
     "layers",
@@ -38,8 +37,8 @@ FIT_FIELDS = (
 )
 
 
-@task(name="fit-steering", cache_policy=NO_CACHE)
-def fit_steering_set(
+@task(name="steering", cache_policy=NO_CACHE)
+def steering_phase(
     ctx: PhaseContext, activations_uris: list[str], split_uri: str, previous_steering_uri: str | None
 ) -> dict[str, str]:
     """Fit the learner on the activations (every shard, merged in pair-id order; warm-started from
@@ -47,10 +46,10 @@ def fit_steering_set(
     training oracle likes best."""
 
     def compute():
-        cfg = ctx.cfg
+        cfg = ctx.config
         log = phase_logger()
         store = ctx.store
-        lm = base_model(cfg)
+        lm = runtime().model(cfg)
         layers = store.activation_layers(activations_uris)
         pos, neg = {}, {}
         for layer in layers:
@@ -94,7 +93,7 @@ def fit_steering_set(
             lm,
             fitted,
             val,
-            make_oracle(cfg.oracle, cfg.oracle_options, lm),
+            runtime().oracle(cfg.oracle, cfg.oracle_options, lm),
             alphas=cfg.alpha_grid,
             max_nll_increase=cfg.max_nll_increase,
             positions=cfg.positions,
@@ -126,20 +125,21 @@ def fit_steering_set(
             chosen_row["score"],
             chosen_row["nll"],
         )
-        table = pd.DataFrame([{"metric": "val_score", "value": row["score"], **row} for row in rows]).drop(
-            columns=["score"]
-        )
         chosen = dataclasses.replace(
             selection.steering,
             selection={**selection.steering.selection, "alpha_grid": list(cfg.alpha_grid), "candidates": rows},
         )
         return {
             "steering": store.write_bytes(ctx.uri("steering"), chosen.to_bytes()),
-            "selection": store.write_table(ctx.uri("selection"), table, "eval"),
+            "selection": store.write_table(
+                ctx.uri("selection"),
+                [{**row, "metric": "val_score", "value": row["score"]} for row in rows],
+                "selection",
+            ),
         }
 
     inputs = shard_inputs("activations", activations_uris) | {"split": split_uri}
-    if ctx.cfg.warm_start and previous_steering_uri:
+    if ctx.config.warm_start and previous_steering_uri:
         inputs["previous_steering"] = previous_steering_uri
-    result = run_phase(ctx, "steering", depends_on=FIT_FIELDS, inputs=inputs, compute=compute)
-    return result.outputs
+    result = run_phase(ctx, "steering", depends_on=STEERING_FIELDS, inputs=inputs, compute=compute)
+    return result.state(result.outputs)

@@ -1,4 +1,4 @@
-"""Task: the policy pi_{t-1} samples K answers per prompt."""
+"""The generations phase: the policy pi_{t-1} samples K answers per prompt."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core import generate
+from sims_core.config import SimsConfig
 from sims_core.progress import progress_bar
 from sims_core.seeding import derive_seed
 from sims_core.sharding import canonical_groups, shard_groups
 from storage import shard_phase
 from tasks.phase import PhaseContext, run_phase
-from tasks.runtime import base_model, exclusive, load_steering, policy, worker_setup
+from tasks.runtime import load_steering, policy, runtime
 
-__all__ = ["GENERATION_FIELDS", "generate_answers", "generations_frame", "prompt_groups"]
+__all__ = ["GENERATION_FIELDS", "generation_rows", "generations_phase", "prompt_groups"]
 
-GENERATION_COLUMNS = ("prompt_id", "prompt", "sample_index", "text", "num_tokens", "finish_reason", "seed")
 GENERATION_FIELDS = (
     "model",
     "device",
@@ -31,8 +31,8 @@ GENERATION_FIELDS = (
 )
 
 
-def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
-    """One row per (prompt, sample) in the ``generations`` artifact layout."""
+def generation_rows(prompts: pd.DataFrame, generations) -> list[dict]:
+    """One row per (prompt, sample) of the ``generations`` artifact."""
     rows = []
     for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations):
         for index, g in enumerate(samples):
@@ -47,18 +47,18 @@ def generations_frame(prompts: pd.DataFrame, generations) -> pd.DataFrame:
                     "seed": g.seed,
                 }
             )
-    return pd.DataFrame(rows, columns=list(GENERATION_COLUMNS))
+    return rows
 
 
-def prompt_groups(lm, prompts: pd.DataFrame, cfg) -> list[list[int]]:
+def prompt_groups(lm, prompts: pd.DataFrame, cfg: SimsConfig) -> list[list[int]]:
     """The iteration's prompts cut into canonical groups of ``batch_size // num_samples`` prompts
     (one generation batch each), by prompt length then id (see `sims_core.sharding`)."""
     lengths = [len(lm.encode_prompt(p)) for p in prompts["prompt"]]
     return canonical_groups(prompts["prompt_id"].tolist(), lengths, max(1, cfg.batch_size // cfg.num_samples))
 
 
-@task(name="generate", cache_policy=NO_CACHE)
-def generate_answers(
+@task(name="generations", cache_policy=NO_CACHE)
+def generations_phase(
     ctx: PhaseContext, prompts_uri: str, steering_uri: str | None, shard: int = 0, shards: int = 1
 ) -> str:
     """Sample ``num_samples`` answers to each of the iteration's prompts (those of ``shard`` when
@@ -66,9 +66,9 @@ def generate_answers(
     phase = shard_phase("generations", shard, shards)
 
     def compute():
-        cfg = ctx.cfg
-        worker_setup(cfg)
-        lm = base_model(cfg)
+        cfg = ctx.config
+        runtime().setup(cfg)
+        lm = runtime().model(cfg)
         prompts = ctx.store.read_frame(prompts_uri, "prompts")
         groups = shard_groups(prompt_groups(lm, prompts, cfg), shard, shards)
         steering = load_steering(ctx.store, steering_uri, lm) if steering_uri else None
@@ -76,7 +76,7 @@ def generate_answers(
         out = []
         desc = "generating" if shards == 1 else f"generating ({phase})"
         with (
-            exclusive(lm),
+            runtime().exclusive(lm),
             policy(lm, steering, cfg.positions),
             progress_bar(total=len(order) * cfg.num_samples, desc=desc, unit="answer") as bar,
         ):
@@ -94,8 +94,9 @@ def generate_answers(
                 )
                 bar.update(len(group) * cfg.num_samples)
         prompts = prompts.iloc[order]
-        frame = generations_frame(prompts, out)
-        return {"generations": ctx.store.write_table(ctx.uri(phase), frame, "generations")}
+        rows = generation_rows(prompts, out)
+        return {"generations": ctx.store.write_table(ctx.uri(phase), rows, "generations")}
 
     inputs = {"prompts": prompts_uri} | ({"steering": steering_uri} if steering_uri else {})
-    return run_phase(ctx, phase, depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute).uri
+    result = run_phase(ctx, phase, depends_on=GENERATION_FIELDS, inputs=inputs, compute=compute)
+    return result.state(result.uri)

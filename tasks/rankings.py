@@ -1,34 +1,33 @@
-"""Task: the oracle scores the K answers of every prompt."""
+"""The rankings phase: the training oracle scores the K answers of every prompt."""
 
 from __future__ import annotations
 
-import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.sharding import shard_groups
 from storage import shard_phase
-from tasks.generate import prompt_groups
+from tasks.generations import prompt_groups
 from tasks.phase import PhaseContext, phase_logger, run_phase
-from tasks.runtime import base_model, exclusive, make_oracle, worker_setup
+from tasks.runtime import runtime
 
-RANKING_COLUMNS = ("prompt_id", "sample_index", "score", "rank", "oracle")
+__all__ = ["RANKING_FIELDS", "rankings_phase"]
 
-__all__ = ["rank_answers"]
+RANKING_FIELDS = ("oracle", "oracle_options", "model", "system_prompt")
 
 
-@task(name="rank", cache_policy=NO_CACHE)
-def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shard: int = 0, shards: int = 1) -> str:
+@task(name="rankings", cache_policy=NO_CACHE)
+def rankings_phase(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shard: int = 0, shards: int = 1) -> str:
     """Score every answer of one generations artifact (ranking shard i reads generations shard i)
     with the training oracle; rank 0 is the best of its prompt. The oracle scores the prompts in
     the canonical groups generation used, so scores do not depend on the number of shards."""
     phase = shard_phase("rankings", shard, shards)
 
     def compute():
-        cfg = ctx.cfg
-        worker_setup(cfg)
+        cfg = ctx.config
+        runtime().setup(cfg)
         frame = ctx.store.read_frame(generations_uri, "generations").sort_values(["prompt_id", "sample_index"])
-        lm = base_model(cfg)
+        lm = runtime().model(cfg)
         prompt_table = ctx.store.read_frame(prompts_uri, "prompts")
         batches = [
             prompt_table["prompt_id"].iloc[g].tolist()
@@ -42,9 +41,9 @@ def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shar
                 f"{phase} of {prompts_uri} does not (or the reverse): was it written for another shard plan?"
             )
         groups = [(pid, by_prompt[pid]) for batch in batches for pid in batch]
-        oracle = make_oracle(cfg.oracle, cfg.oracle_options, lm)
+        oracle = runtime().oracle(cfg.oracle, cfg.oracle_options, lm)
         scores: list[list[float]] = []
-        with exclusive(lm):
+        with runtime().exclusive(lm):
             for batch in batches:  # the batches generation used, whatever the number of shards
                 scores += oracle.score(
                     [by_prompt[pid]["prompt"].iloc[0] for pid in batch],
@@ -64,21 +63,22 @@ def rank_answers(ctx: PhaseContext, generations_uri: str, prompts_uri: str, shar
                         "oracle": oracle.name,
                     }
                 )
-        out = pd.DataFrame(rows, columns=list(RANKING_COLUMNS))
+        mean = sum(row["score"] for row in rows) / len(rows) if rows else float("nan")
         phase_logger().info(
             "iteration %d %s: oracle %s mean score %.4f over %d answers",
             ctx.iteration,
             phase,
             oracle.name,
-            out["score"].mean() if len(out) else float("nan"),
-            len(out),
+            mean,
+            len(rows),
         )
-        return {"rankings": ctx.store.write_table(ctx.uri(phase), out, "rankings")}
+        return {"rankings": ctx.store.write_table(ctx.uri(phase), rows, "rankings")}
 
-    return run_phase(
+    result = run_phase(
         ctx,
         phase,
-        depends_on=("oracle", "oracle_options", "model", "system_prompt"),
+        depends_on=RANKING_FIELDS,
         inputs={"generations": generations_uri, "prompts": prompts_uri},
         compute=compute,
-    ).uri
+    )
+    return result.state(result.uri)
