@@ -101,6 +101,135 @@ def test_prompt_longer_than_context_is_refused(tiny_lm):
         generate(tiny_lm, ["short", long_prompt], max_new_tokens=8, progress=False)
 
 
+# -- decoding internals: nucleus, draws, KV cache, dropping finished rows -------------------------
+def _reference_nucleus(probs, top_p):
+    """The nucleus as a full descending sort defines it: {token: probability} per row."""
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p
+    return [{int(t): float(p) for t, p, k in zip(order[i], sorted_probs[i], keep[i]) if k} for i in range(len(probs))]
+
+
+def test_nucleus_is_exactly_the_full_sort_nucleus_at_every_tier():
+    import torch
+
+    from sims_core.generation import _NUCLEUS_TIERS, _nucleus
+
+    g = torch.Generator().manual_seed(0)
+    vocab = 3000
+    # one peaked row (nucleus of 1), then flatter and flatter rows: nuclei from a few tokens to
+    # beyond the last top-k tier (full sort)
+    logits = torch.randn(6, vocab, generator=g) * torch.tensor([[40.0], [6.0], [3.0], [1.5], [0.5], [0.05]])
+    probs = torch.softmax(logits, dim=-1)
+    for top_p in (0.5, 0.95, 0.999):
+        weights, ids = _nucleus(probs, top_p)
+        reference = _reference_nucleus(probs, top_p)
+        sizes = [len(r) for r in reference]
+        for row, expected in enumerate(reference):
+            got = {int(t): float(p) for t, p in zip(ids[row], weights[row]) if p > 0}
+            assert got == expected, (top_p, row)
+        if top_p == 0.95:
+            assert min(sizes) == 1 and max(sizes) > max(_NUCLEUS_TIERS)  # every tier was exercised
+            assert any(_NUCLEUS_TIERS[0] < s <= _NUCLEUS_TIERS[1] for s in sizes)
+
+
+def test_draws_follow_the_weights_and_never_pick_a_zero_weight():
+    import torch
+
+    from sims_core.generation import _draw
+
+    weights = torch.tensor([0.5, 0.0, 0.3, 0.2, 0.0]) * 7.0  # not normalised
+    rows = 20000
+    generators = [torch.Generator().manual_seed(i) for i in range(rows)]
+    picks = _draw(weights.expand(rows, -1), generators)
+    counts = torch.bincount(picks, minlength=5).double()
+    expected = weights.double() / weights.sum() * rows
+    assert counts[1] == 0 and counts[4] == 0
+    sigma = (expected * (1 - expected / rows)).sqrt()
+    assert ((counts - expected).abs() <= 5 * sigma + 1e-9).all(), counts
+    # one uniform number per row: the same generator state gives the same pick
+    again = _draw(weights.expand(3, -1), [torch.Generator().manual_seed(i) for i in range(3)])
+    assert again.tolist() == picks[:3].tolist()
+
+
+def test_preallocated_cache_grows_past_its_capacity_and_compacts_in_place(tiny_lm):
+    import torch
+
+    from sims_core.generation import _compaction_order, _new_cache
+
+    cache = _new_cache(tiny_lm.model, capacity=4)
+    layer = cache.layers[0]
+    keys = torch.randn(5, 2, 3, 16)
+    layer.update(keys, keys + 1)
+    layer.update(keys[:, :, :2], keys[:, :, :2] + 1)  # 5 > capacity 4: grows
+    full = torch.cat([keys, keys[:, :, :2]], dim=2)
+    assert cache.get_seq_length() == 5 and torch.equal(layer.keys, full)
+    done = [True, False, False, True, False]
+    order = _compaction_order(done)
+    assert sorted(order) == [1, 2, 4] and order[1:] == [1, 2]  # row 4 fills the hole at 0
+    cache.batch_select_indices(torch.tensor(order))
+    assert torch.equal(layer.keys, full[order]) and torch.equal(layer.values, full[order] + 1)
+    layer.update(keys[:3, :, :1], keys[:3, :, :1])
+    assert layer.keys.shape == (3, 2, 6, 16)
+
+
+def _stop_at_position(lm, modulus):
+    """Hooks that end a row's answer once it has been fed the token at a position that is a
+    multiple of ``modulus``: a rule that depends only on the row itself (its prompt length and
+    step), so rows of one batch stop at different steps, and some not at all."""
+    seen = {}
+    stop = lm.stop_token_ids[0]
+
+    def before(module, args, kwargs):
+        seen["positions"] = kwargs.get("position_ids")
+
+    def after(module, args, out):
+        positions = seen["positions"]
+        if positions is None or positions.shape[1] != 1:
+            return out
+        out = out.clone()
+        out[(positions[:, -1] % modulus == 0).nonzero().flatten(), -1, stop] = 1e4
+        return out
+
+    return [
+        lm.model.register_forward_pre_hook(before, with_kwargs=True),
+        lm.model.get_output_embeddings().register_forward_hook(after),
+    ]
+
+
+@pytest.mark.parametrize(("temperature", "modulus"), [(0.0, 5), (0.8, 13)])
+def test_rows_that_stop_early_leave_the_batch_without_changing_any_answer(
+    any_tiny_lm, temperature, modulus, monkeypatch
+):
+    import sims_core.generation as generation
+
+    lm = any_tiny_lm
+    prompts = PROMPTS + ["Write a short poem about the sea.", "Give three tips for sleep.", "Numbers 0 1 2 3"]
+    batch_sizes = []
+    hooks = _stop_at_position(lm, 17)  # prompts 0, 1, 3, 4 stop within 12 tokens
+    hooks.append(
+        lm.model.register_forward_pre_hook(
+            lambda m, a, k: batch_sizes.append(k["input_ids"].shape[0]), with_kwargs=True
+        )
+    )
+    try:
+        kwargs = dict(max_new_tokens=12, temperature=temperature, seed=7, progress=False)
+        together = generate(lm, prompts, num_samples=2, batch_size=12, **kwargs)
+        sizes_together = list(batch_sizes)
+        monkeypatch.setattr(generation, "_COMPACT_FRACTION", float("inf"))  # finished rows ride along
+        riding = generate(lm, prompts, num_samples=2, batch_size=12, **kwargs)
+        monkeypatch.undo()
+        alone = [generate(lm, [p], num_samples=2, batch_size=1, **kwargs)[0] for p in prompts]
+    finally:
+        for hook in hooks:
+            hook.remove()
+    ids = lambda out: [[g.token_ids for g in row] for row in out]  # noqa: E731
+    reasons = [g.finish_reason for row in together for g in row]
+    assert "stop" in reasons and "length" in reasons  # some rows stopped early, some ran to the end
+    assert min(sizes_together[1:]) < 12  # finished rows were dropped from the batch
+    assert ids(together) == ids(riding) == ids(alone)
+    assert [[g.finish_reason for g in row] for row in together] == [[g.finish_reason for g in row] for row in alone]
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
