@@ -45,6 +45,7 @@ __all__ = [
     "pairs_from_scores",
     "principle_contrast_pairs",
     "rank_and_pair",
+    "ranks",
     "to_dpo_dataframe",
     "to_dpo_records",
     "write_dpo",
@@ -139,6 +140,16 @@ def pairs_from_scores(
         if wanted > len(group) // 2:
             skipped["too_few_candidates"] += wanted - len(group) // 2
     return PairSet(pairs, len(prompts), dict(skipped))
+
+
+def ranks(scores: Sequence[float]) -> list[int]:
+    """The rank of each answer among its prompt's answers: 0 for the highest score; equal scores
+    rank in answer order (the earlier sample first), so ranks never depend on anything else."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    rank = [0] * len(scores)
+    for position, index in enumerate(order):
+        rank[index] = position
+    return rank
 
 
 def rank_and_pair(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from sims_core.preferences import ranks
 from sims_core.sharding import shard_groups
 from storage import shard_phase
 from tasks.generations import prompt_groups
@@ -51,8 +52,7 @@ def rankings_phase(ctx: PhaseContext, generations_uri: str, prompts_uri: str, sh
                 )
         rows = []
         for (prompt_id, group), prompt_scores in zip(groups, scores):
-            order = sorted(range(len(prompt_scores)), key=lambda i: (-prompt_scores[i], i))
-            rank = {index: position for position, index in enumerate(order)}
+            rank = ranks(prompt_scores)
             for index, (sample_index, score) in enumerate(zip(group["sample_index"], prompt_scores)):
                 rows.append(
                     {

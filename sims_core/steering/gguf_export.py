@@ -28,7 +28,8 @@ __all__ = ["export_gguf"]
 def export_gguf(
     steering: SteeringSet, path: str | os.PathLike[str], *, model_hint: str | None = None, scale: float = 1.0
 ) -> Path:
-    """Write ``steering`` (a ``"mean_diff"`` set) to ``path`` as a llama.cpp control vector.
+    """Write ``steering`` (a set whose learner has ``vector_export``, e.g. ``"mean_diff"``) to
+    ``path`` as a llama.cpp control vector.
 
     Args:
         model_hint: written to ``controlvector.model_hint`` (default: the base model's
@@ -38,9 +39,12 @@ def export_gguf(
     """
     import gguf
 
-    if steering.learner != "mean_diff":
+    from sims_core.steering.learners import get_learner
+
+    if not get_learner(steering.learner).vector_export:
         raise ValueError(
-            f"only mean_diff steering sets are vectors llama.cpp can add; this one is {steering.learner!r}"
+            f"only steering sets whose layer functions are vectors (mean_diff, or a learner declaring "
+            f"vector_export) can be llama.cpp control vectors; this one is {steering.learner!r}"
         )
     if 0 in steering.functions:
         raise ValueError("layer 0 cannot be exported: llama.cpp control vectors have no direction for block 0's output")

@@ -27,6 +27,12 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     inspected = _prefect(env, "deployment", "inspect", "self-improve/nightly")
     assert "0 3 * * *" in inspected and "'timezone': 'UTC'" in inspected
     assert re.search(r"'concurrency_limit': 1\b", inspected) or "'limit': 1" in inspected
+    # The one `config` parameter reaches the server as the SimsConfig model's schema (the UI's form):
+    # every field with its default, and the nightly parameters as documented in prefect.yaml.
+    assert "'$ref': '#/definitions/SimsConfig'" in inspected
+    for field in ("'reference_column'", "'lineage_prompts'", "'promotion_threshold'", "'DeploymentOptions'"):
+        assert field in inspected, field
+    assert "'lineage': 'nightly'" in inspected and "'lineage_prompts': 200" in inspected
 
     store = str(tmp_path / "runs")
     config = {

@@ -197,3 +197,11 @@ def test_dpo_files_read_back_as_a_datasets_dataset(tmp_path, suffix):
 def test_write_dpo_refuses_unknown_suffixes(tmp_path):
     with pytest.raises(ValueError, match=r"must end in .parquet or .jsonl"):
         write_dpo([pair("p", "a", "b", 1.0)], tmp_path / "x.csv")
+
+
+def test_ranks_put_the_best_first_and_break_ties_by_sample_order():
+    from sims_core.preferences import ranks
+
+    assert ranks([0.2, 0.9, 0.5]) == [2, 0, 1]
+    assert ranks([0.5, 0.7, 0.5, 0.5]) == [1, 0, 2, 3]  # equal scores: the earlier sample ranks first
+    assert ranks([]) == []

@@ -163,7 +163,8 @@ def test_a_header_alpha_that_is_not_finite_is_refused(fitted, alpha):
 
 def test_a_header_dtype_that_does_not_match_the_tensors_is_refused(fitted):
     with pytest.raises(
-        SteeringFileError, match=r"bad\.safetensors: tensor 'layers\.\d+\.vector' is float32 but the header says dtype 'float16'"
+        SteeringFileError,
+        match=r"bad\.safetensors: tensor 'layers\.\d+\.vector' is float32 but the header says dtype 'float16'",
     ):
         SteeringSet.from_bytes(_with_header(fitted["mean_diff"], dtype="float16"), source="bad.safetensors")
     with pytest.raises(SteeringFileError, match="header field 'dtype' must be one of"):

@@ -40,5 +40,5 @@ def test_only_mean_diff_sets_above_layer_0_export(tiny, tmp_path):
     )
     with pytest.raises(ValueError, match="layer 0 cannot be exported"):
         fit_steering("mean_diff", pos, neg, model=tiny).to_gguf(tmp_path / "x.gguf")
-    with pytest.raises(ValueError, match="only mean_diff steering sets"):
+    with pytest.raises(ValueError, match="only steering sets whose layer functions are vectors .* this one is .hpr."):
         fit_steering("hpr", pos, neg, model=tiny, epochs=1).to_gguf(tmp_path / "x.gguf")
