@@ -11,10 +11,16 @@ import pytest
 os.environ.setdefault("SIMS_PROGRESS", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # two test workers on two cores: one torch thread each (and their subprocesses)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from sims_core.testing import TINY_ARCHITECTURES, tiny_model  # noqa: E402
 
 logging.getLogger("werkzeug").setLevel(logging.ERROR)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

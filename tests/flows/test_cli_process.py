@@ -190,10 +190,12 @@ def test_a_run_that_does_not_stop_is_forced_out_by_the_watchdog_or_a_second_sign
         text=True,
     )
     assert process.stdout.readline().strip() == "ready"
-    for _ in range(signals):
+    process.send_signal(signal.SIGINT)
+    # the first signal was handled (two pending SIGINTs would merge into one on a loaded machine)
+    assert process.stdout.readline().strip() == "interrupt swallowed"
+    if signals == 2:
         process.send_signal(signal.SIGINT)
-        time.sleep(0.5)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130
-    assert out.splitlines() == ["interrupt swallowed", "locks released"]
+    assert out.splitlines() == ["locks released"]
     assert err.strip() == f"forced out by {int(signal.SIGINT)}"
