@@ -165,9 +165,10 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
     with run_lock(artifact_store, run_id, holder="self-improve flow"):
         for leftover in artifact_store.sweep(run_id):  # temporaries of a writer killed mid-write
             log.info("removed %s, left by an interrupted write", leftover)
-        if artifact_store.exists(artifact_store.manifest_uri(run_id)):
-            check_iterations(Manifest.load(artifact_store, run_id), config.iterations)
-        _refuse_incompatible_reuse(artifact_store, run_id, config, force)
+        if artifact_store.exists(artifact_store.manifest_uri(run_id)):  # an existing run: continue it, never rewrite it
+            existing = Manifest.load(artifact_store, run_id)
+            check_iterations(existing, config.iterations)
+            _refuse_incompatible_reuse(existing, config, force)
         _crash_stale_subflows(run_id)
         Manifest.load_or_create(artifact_store, run_id, config=config.to_dict(), sims_version=sims_core.__version__)
         log.info(
@@ -219,12 +220,11 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
     }
 
 
-def _refuse_incompatible_reuse(store: ArtifactStore, run_id: str, config: SimsConfig, force: bool) -> None:
-    """An existing run id with a config that would recompute what it trained: refused (or, with
+def _refuse_incompatible_reuse(manifest: Manifest, config: SimsConfig, force: bool) -> None:
+    """An existing run with a config that would recompute what it trained: refused (or, with
     ``force``, logged), so a run is never overwritten by accident."""
-    if not store.exists(store.manifest_uri(run_id)):
-        return
-    changes = config.changes_from(Manifest.load(store, run_id).config)
+    run_id, store = manifest.run_id, manifest.store
+    changes = config.changes_from(manifest.config)
     if not changes:
         return
     if force:

@@ -314,7 +314,7 @@ class SimsConfig(BaseModel):
             raise ValueError("alphas must be null (the learner's default grid) or a non-empty list of positive numbers")
         batches = self.generation_batches
         if self.shards > batches:
-            per_batch = max(1, self.batch_size // self.num_samples)
+            per_batch = self.prompts_per_batch
             raise ValueError(
                 f"shards={self.shards} is more than the work can use: an iteration's {self.num_prompts} prompts make "
                 f"{batches} generation batch(es) of up to {per_batch} prompts (batch_size={self.batch_size} // "
@@ -416,8 +416,12 @@ class SimsConfig(BaseModel):
     def generation_batches(self) -> int:
         """How many generation batches (canonical groups of ``batch_size // num_samples`` prompts)
         an iteration's prompts make at most: the most shards the sharded phases can use."""
-        per_batch = max(1, self.batch_size // self.num_samples)
-        return -(-self.num_prompts // per_batch)
+        return -(-self.num_prompts // self.prompts_per_batch)
+
+    @property
+    def prompts_per_batch(self) -> int:
+        """Prompts per generation batch: ``batch_size // num_samples`` (at least 1)."""
+        return max(1, self.batch_size // self.num_samples)
 
     @property
     def token_level(self) -> bool:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from sims_core.errors import UserError
+from sims_core.hashing import canonical_hash
 from sims_core.packaged import packaged_path
 
 __all__ = [
@@ -223,9 +224,7 @@ def weights_fingerprint(model: nn.Module) -> dict[str, Any]:
     weights (another seed, a fine-tune) do not."""
     params = dict(model.named_parameters())
     names = sorted(params)
-    shapes = hashlib.sha256(
-        json.dumps([[n, list(params[n].shape)] for n in names], separators=(",", ":")).encode()
-    ).hexdigest()[:16]
+    shapes = canonical_hash([[n, list(params[n].shape)] for n in names])[:16]
     matrices = [n for n in names if params[n].dim() >= 2 and params[n].numel() >= _FINGERPRINT_VALUES]
     if len(matrices) > _FINGERPRINT_TENSORS:
         step = (len(matrices) - 1) / (_FINGERPRINT_TENSORS - 1)

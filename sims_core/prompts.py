@@ -49,6 +49,7 @@ __all__ = [
     "sample_prompts",
     "split_counts",
     "split_prompts",
+    "unused_prompts",
 ]
 
 SPLITS: tuple[str, ...] = ("train", "val", "eval")
@@ -431,6 +432,16 @@ def sample_prompts(
         iteration=iteration,
         message=message,
     )
+
+
+def unused_prompts(
+    records: Sequence[PromptRecord], used: Iterable[str], limit: int | None = None
+) -> tuple[list[PromptRecord], int]:
+    """The records whose prompt id is not in ``used`` (a lineage's earlier draws), in source
+    order, at most ``limit`` of them (None: all); and how many unused records there are."""
+    used = set(used)
+    fresh = [r for r in records if r.prompt_id not in used]
+    return fresh[:limit], len(fresh)
 
 
 def records_to_rows(records: Iterable[PromptRecord]) -> list[dict[str, str | None]]:

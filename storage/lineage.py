@@ -21,6 +21,7 @@ from (another run promoted meanwhile).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -66,7 +67,8 @@ class Lineage:
         return self.store._uri(self.store._join(LINEAGES_DIR, self.name, *parts))
 
     def exists(self) -> bool:
-        return self.store.exists(self.uri("current.json")) or bool(self.nights())
+        nights = self.store.fs.glob(self.store._join(LINEAGES_DIR, self.name, "nights", "*.json"))
+        return bool(nights) or self.store.exists(self.uri("current.json"))
 
     # ------------------------------------------------------------ reading
     def pointer(self) -> dict[str, Any] | None:
@@ -82,8 +84,6 @@ class Lineage:
     def current_steering(self) -> bytes | None:
         """The bytes of the current steering file, checked against the pointer's sha256 (a reader
         that catches a promotion between the two files reads again)."""
-        import hashlib
-
         for _ in range(5):
             pointer = self.pointer()
             if pointer is None:
@@ -97,9 +97,12 @@ class Lineage:
         )
 
     def current_buffer(self) -> bytes | None:
-        if self.pointer() is None or not self.store.exists(self.uri("current_buffer.parquet")):
+        if self.pointer() is None:
             return None
-        return self.store.read_bytes(self.uri("current_buffer.parquet"))
+        try:
+            return self.store.read_bytes(self.uri("current_buffer.parquet"))
+        except NotFoundError:
+            return None
 
     def used_prompt_ids(self) -> set[str]:
         """Every prompt id an earlier run of the lineage drew."""
@@ -158,9 +161,7 @@ class Lineage:
     def _publish(
         self, run_id: str, iteration: int, steering: bytes, buffer: bytes | None, evaluation: dict, event: str
     ) -> dict[str, Any]:
-        import hashlib
-
-        self.store.write_bytes(self.uri("current.safetensors"), steering)
+        written = self.store.write_bytes(self.uri("current.safetensors"), steering)
         if buffer is not None:
             self.store.write_bytes(self.uri("current_buffer.parquet"), buffer)
         else:
@@ -169,7 +170,7 @@ class Lineage:
             "lineage": self.name,
             "run_id": run_id,
             "iteration": iteration,
-            "sha256": hashlib.sha256(steering).hexdigest(),
+            "sha256": written.sha256,
             "evaluation": evaluation,
             "event": event,
             "promoted_at": _now(),

@@ -109,16 +109,14 @@ def load_prompt_table(
     wanted = {"prompt": column, "category": category_column, "reference": reference_column}
     if source == DEFAULT_SOURCE:
         wanted = {k: k for k in wanted}
-        from importlib import resources
+        from sims_core.prompts import default_prompts
 
-        from sims_core.prompts import DEFAULT_PROMPTS_RESOURCE, default_prompts
-
-        records = default_prompts()
-        refs = [getattr(r, "reference", None) for r in records]
-        if any(ref is None for ref in refs):  # sims_core records without references: read the packaged file
-            raw = resources.files("sims_core").joinpath(DEFAULT_PROMPTS_RESOURCE).read_bytes()
-            refs = _read_file(raw, ".jsonl", DEFAULT_SOURCE).get("reference", refs)
-        data = {"prompt": [r.prompt for r in records], "category": [r.category for r in records], "reference": refs}
+        records = default_prompts()  # every built-in prompt has its reference answer
+        data = {
+            "prompt": [r.prompt for r in records],
+            "category": [r.category for r in records],
+            "reference": [r.reference for r in records],
+        }
         return _table(DEFAULT_SOURCE, "the built-in prompt set", data, wanted, require_reference)
     if source.startswith(HF_PREFIX):
         return _load_hf(source, wanted, split, require_reference, storage_options)
@@ -341,8 +339,9 @@ def _table(
             f"column {column!r} of {label} has {bad} (rows counted from 1, out of {len(values)}); every prompt "
             "must be a non-empty string"
         )
-    if require_reference and (reference not in data or _bad_values(data[reference])):
-        problem = f"has {_bad_values(data[reference])} in" if reference in data else "has no"
+    bad_references = _bad_values(data[reference]) if require_reference and reference in data else None
+    if require_reference and (reference not in data or bad_references):
+        problem = f"has {bad_references} in" if reference in data else "has no"
         raise PromptSourceError(
             f"{label} {problem} reference column {reference!r} (its columns are {list(data)}): the reference "
             "judge needs one reference answer (a non-empty string) per prompt; pass reference_column=... to "

@@ -18,6 +18,7 @@ from sims_core import generate
 from sims_core.config import SimsConfig
 from sims_core.evaluation import best_of_n
 from sims_core.generation import Generation
+from sims_core.oracles import oracle_info
 from sims_core.seeding import derive_seed
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import runtime
@@ -51,6 +52,15 @@ def eval_seed(config: SimsConfig) -> int:
 def eval_prompts(split: pd.DataFrame, config: SimsConfig) -> pd.DataFrame:
     """The held-out prompts the evaluation uses: the eval split, at most ``max_eval_prompts``."""
     return split[split["split"] == "eval"].head(config.max_eval_prompts).reset_index(drop=True)
+
+
+def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str] | None]:
+    """The judge of the held-out ``prompts`` (``config.judge``; ``auto`` resolved on whether every
+    prompt has a reference answer) and the references to give it (None when it needs none)."""
+    texts = prompts["prompt"].tolist()
+    references = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
+    name = config.judge_for(all(isinstance(r, str) and r.strip() for r in references))
+    return name, references if oracle_info(name).needs_reference else None
 
 
 def _rows(prompts: pd.DataFrame, answers: list[list[Generation]], kind: str, **extra: list) -> list[dict]:

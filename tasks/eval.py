@@ -11,8 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from sims_core.errors import UserError
 from sims_core.evaluation import CONTROLS, Comparison, compare, sample_conditions
 from sims_core.hashing import canonical_hash
-from sims_core.oracles import oracle_info
-from tasks.baseline import baseline_answers, eval_prompts, eval_seed
+from tasks.baseline import baseline_answers, eval_judge, eval_prompts, eval_seed
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
@@ -71,11 +70,8 @@ def eval_phase(
         store = ctx.store
         prompts = eval_prompts(store.read_frame(split_uri, "prompts"), cfg)
         texts = prompts["prompt"].tolist()
-        references = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
-        has_references = all(isinstance(r, str) and r.strip() for r in references)
-        judge_name = cfg.judge_for(has_references)
+        judge_name, refs = eval_judge(prompts, cfg)
         judge = runtime().oracle(judge_name, cfg.judge_options, lm)
-        refs = references if oracle_info(judge_name).needs_reference else None
         cached = store.read_frame(baseline_uri, "baseline")
         base = baseline_answers(cached)
         baseline = [base[pid] for pid in prompts["prompt_id"]]

@@ -22,11 +22,9 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core.evaluation import Comparison, compare, sample_conditions
 from sims_core.generation import Generation
-from sims_core.oracles import oracle_info
 from sims_core.promotion import promotion_decision
-from storage import Manifest
 from storage.lineage import Lineage
-from tasks.baseline import eval_prompts, eval_seed
+from tasks.baseline import eval_judge, eval_prompts, eval_seed
 from tasks.eval import eval_table, summary_from_eval
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
@@ -100,9 +98,7 @@ def promotion_phase(
             lm = runtime().model(cfg)
             prompts = eval_prompts(store.read_frame(split_uri, "prompts"), cfg)
             texts = prompts["prompt"].tolist()
-            references = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
-            judge_name = cfg.judge_for(all(isinstance(r, str) and r.strip() for r in references))
-            refs = references if oracle_info(judge_name).needs_reference else None
+            judge_name, refs = eval_judge(prompts, cfg)
             with runtime().exclusive(lm):
                 current, _ = sample_conditions(
                     lm,
@@ -187,7 +183,6 @@ def publish_night(
         "reason": reason,
     }
     if promote:
-        manifest = Manifest.load(store, ctx.run_id)
         pointer = lineage.promote(
             ctx.run_id,
             ctx.iteration,
@@ -196,8 +191,8 @@ def publish_night(
             {
                 **numbers,
                 "reason": reason,
-                "model": manifest.config.get("model"),
-                "learner": manifest.config.get("learner"),
+                "model": ctx.config.model,
+                "learner": ctx.config.learner,
             },
             (start.get("current") or {}).get("sha256"),
         )

@@ -10,7 +10,14 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core.errors import UserError
 from sims_core.oracles import oracle_info
-from sims_core.prompts import PromptRecord, make_prompt_records, records_to_rows, sample_prompts, split_prompts
+from sims_core.prompts import (
+    PromptRecord,
+    make_prompt_records,
+    records_to_rows,
+    sample_prompts,
+    split_prompts,
+    unused_prompts,
+)
 from storage import load_prompt_table
 from tasks.phase import PhaseContext, phase_logger, run_phase
 
@@ -55,18 +62,18 @@ def _split(ctx: PhaseContext, lineage_uri: str | None) -> dict:
         column=cfg.prompt_column,
         reference_column=cfg.reference_column,
         split=cfg.prompt_split,
-        require_reference=oracle_info(cfg.judge_for(True)).needs_reference and cfg.judge != "auto",
+        require_reference=cfg.judge != "auto" and oracle_info(cfg.judge).needs_reference,
     )
     records, report = make_prompt_records(source.texts, source.categories, source.references)
     if report.n_dropped:
         log.warning("prompts from %s: %s", cfg.prompts, report.message)
     if lineage_uri is not None:
-        used = set(json.loads(ctx.store.read_bytes(lineage_uri))["used_prompt_ids"])
-        fresh = [r for r in records if r.prompt_id not in used][: cfg.lineage_prompts]
+        used = json.loads(ctx.store.read_bytes(lineage_uri))["used_prompt_ids"]
+        fresh, new = unused_prompts(records, used, cfg.lineage_prompts)
         log.info(
             "lineage %s: %d of %d prompts from %s are new (earlier runs drew %d); this run draws %d",
             cfg.lineage,
-            sum(r.prompt_id not in used for r in records),
+            new,
             len(records),
             cfg.prompts,
             len(used),

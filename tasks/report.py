@@ -9,6 +9,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from sims_core.evaluation import CONTROLS
 from storage import Manifest
 from tasks.eval import summary_from_eval
 from tasks.phase import PhaseContext
@@ -16,7 +17,7 @@ from tasks.phase import PhaseContext
 __all__ = ["iteration_table", "render_report", "write_report"]
 
 
-CONDITIONS = ("steered", "previous_iteration", "random_direction", "low_temperature", "best_of_n")
+CONDITIONS = ("steered", "previous_iteration", *CONTROLS, "best_of_n")
 _PER_CONDITION = (
     "win_rate",
     "ci_low",

@@ -35,7 +35,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from sims_core.errors import UserError
@@ -203,9 +203,6 @@ class OracleInfo:
     uses_policy_model: bool
     comparable_scores: bool
     plugin: str | None = None  # the distribution that declared it, for entry-point oracles
-
-    def as_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def oracle_capabilities(oracle: object) -> dict[str, bool]:

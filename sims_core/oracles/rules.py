@@ -123,26 +123,33 @@ class CallableOracle:
         return check_scores(self.name, prompts, candidates, raw)
 
 
-def _build(spec: Any) -> tuple[Oracle, float]:
+def _component(spec: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(oracle name or object, weight, options) of one `SumOracle` component: ``{'name': ...,
+    'weight': ..., **options}``, ``(oracle, weight)`` or ``[name, weight]`` (as YAML gives it), a
+    name, or an oracle. What `check_options` checks and what `SumOracle` builds read it alike."""
     if isinstance(spec, Mapping):
         options = dict(spec)
         if "name" not in options:
-            raise OracleError(f"sum: component {spec!r} needs a 'name' (the oracle to build)")
+            raise OracleError(f"sum: component {spec!r:.80} needs a 'name' (the oracle to build)")
         name = options.pop("name")
-        weight = float(options.pop("weight", 1.0))
-        return get_oracle(name, **options), weight
-    if isinstance(spec, tuple) and len(spec) == 2:
-        oracle, weight = spec
-        if isinstance(oracle, str):
-            oracle = get_oracle(oracle)
-        if not isinstance(oracle, Oracle):
-            raise OracleError(f"sum: component {oracle!r} is not an oracle (needs .name and .score)")
-        return oracle, float(weight)
-    if isinstance(spec, Oracle):
-        return spec, 1.0
+        return name, options.pop("weight", 1.0), options
+    if isinstance(spec, (list, tuple)) and len(spec) == 2:
+        return spec[0], spec[1], {}
+    if isinstance(spec, (str, Oracle)):
+        return spec, 1.0, {}
     raise OracleError(
-        f"sum: each component must be an oracle, (oracle, weight) or {{'name': ..., 'weight': ...}}, got {spec!r}"
+        f"sum: each component must be an oracle, a name, (oracle, weight) or {{'name': ..., 'weight': ...}}, "
+        f"got {spec!r:.80}"
     )
+
+
+def _build(spec: Any) -> tuple[Oracle, float]:
+    oracle, weight, options = _component(spec)
+    if isinstance(oracle, str):
+        oracle = get_oracle(oracle, **options)
+    if not isinstance(oracle, Oracle):
+        raise OracleError(f"sum: component {oracle!r} is not an oracle (needs .name and .score)")
+    return oracle, float(weight)
 
 
 @dataclass
@@ -175,16 +182,8 @@ class SumOracle:
         if isinstance(oracles, (str, Mapping)) or not isinstance(oracles, Sequence) or not oracles:
             raise OracleError(f"sum: option oracles must be a non-empty list of components, got {oracles!r:.80}")
         for spec in oracles:
-            if isinstance(spec, Mapping):
-                options = dict(spec)
-                if "name" not in options:
-                    raise OracleError(f"sum: component {spec!r:.80} needs a 'name' (the oracle to build)")
-                name, weight = options.pop("name"), options.pop("weight", 1.0)
-            elif isinstance(spec, (list, tuple)) and len(spec) == 2 and isinstance(spec[0], str):
-                (name, weight), options = spec, {}
-            elif isinstance(spec, str):
-                name, weight, options = spec, 1.0, {}
-            else:
+            name, weight, options = _component(spec)
+            if not isinstance(name, str):
                 continue  # an oracle object given in code
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise OracleError(f"sum: the weight of component {name!r} must be a number, got {weight!r}")

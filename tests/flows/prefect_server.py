@@ -28,6 +28,20 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+def run_worker_once(env: dict[str, str], pool: str = "sims-process", timeout: float = 600) -> None:
+    """`prefect worker start --run-once` on ``pool``: runs the flow runs it finds, then exits;
+    fails the test with the worker's output if it does not exit cleanly."""
+    done = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", pool, "--run-once"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 @contextlib.contextmanager
 def running_prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     port = _free_port()

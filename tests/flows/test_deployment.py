@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from prefect_server import PREFECT, ROOT
+from prefect_server import PREFECT, ROOT, run_worker_once
 from prefect_server import prefect_cli as _prefect
 
 from storage import ArtifactStore, Manifest
@@ -59,15 +58,7 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     )
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
 
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", "sims-process", "--run-once"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=480,
-    )
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    run_worker_once(env, timeout=480)
     state = _prefect(env, "flow-run", "inspect", flow_run_id)
     assert "'type': 'COMPLETED'" in state or "StateType.COMPLETED" in state, state[-2000:]
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from prefect_server import PREFECT, ROOT, prefect_cli, stop
+from prefect_server import PREFECT, ROOT, prefect_cli, run_worker_once, stop
 
 from flows.self_improve import self_improve
 from sims_core.steering import SteeringSet
@@ -85,15 +85,7 @@ def test_a_schedule_fires_and_a_worker_completes_the_night(prefect_server, tiny_
         what="the scheduler to create a flow run",
     )
     assert runs
-    worker = subprocess.run(
-        [PREFECT, "worker", "start", "--pool", "sims-process", "--run-once"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
+    run_worker_once(env, timeout=600)
     completed = [r for r in _flow_runs(env, "every-10s") if r["state"] == "COMPLETED"]
     assert completed, _flow_runs(env, "every-10s")
     lineage = Lineage(store, "sched")

@@ -76,3 +76,22 @@ def test_standardized_sum_weighs_components_equally_whatever_their_scale():
 def test_sum_needs_components():
     with pytest.raises(OracleError, match="non-empty list"):
         get_oracle("sum", oracles=[])
+
+
+def test_a_component_passes_the_check_exactly_when_it_builds(rules_module):
+    from sims_core.oracles import check_oracle
+
+    # [name, weight] is what YAML gives for a pair; a bare name weighs 1
+    components = [["callable", 2.0], "callable"]
+    with pytest.raises(OracleError, match="callable"):  # callable needs its function: refused by both
+        check_oracle("sum", {"oracles": components})
+    with pytest.raises(OracleError, match="callable"):
+        get_oracle("sum", oracles=components)
+    check_oracle("sum", {"oracles": [["pmi", 2.0], "pmi"]})
+    for spec in ([3], [{"weight": 2.0}]):
+        with pytest.raises(OracleError, match="each component must be|needs a 'name'"):
+            check_oracle("sum", {"oracles": spec})
+        with pytest.raises(OracleError, match="each component must be|needs a 'name'"):
+            get_oracle("sum", oracles=spec)
+    one = get_oracle("callable", function=lambda p, a: 1.0)
+    assert get_oracle("sum", oracles=[[one, 2.0], one]).score(["p"], [["a", "b"]]) == [[3.0, 3.0]]
