@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import logging
 import os
 import signal
@@ -37,7 +38,7 @@ from sims_core.errors import is_user_error
 
 __all__ = ["EXIT_CODES", "ProcessGuard", "Terminated", "ephemeral_server", "quiet_user_errors"]
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -83,7 +84,7 @@ def _isolated_server_class() -> type:
                     kwargs.setdefault("preexec_fn", _die_with_parent)
                 return real(*args, **kwargs)
 
-            subprocess.Popen = popen  # type: ignore[misc]  # only for this one call, in the main thread
+            subprocess.Popen = popen  # type: ignore[misc, assignment]  # only for this one call, in the main thread
             try:
                 return super()._run_uvicorn_command()
             finally:
@@ -103,12 +104,12 @@ def _drain_prefect(timeout: float) -> None:
         async def both() -> None:
             with contextlib.suppress(Exception):
                 result = APILogWorker.instance().drain()
-                if hasattr(result, "__await__"):
+                if inspect.isawaitable(result):
                     await result
             with contextlib.suppress(Exception):
-                result = EventsWorker.drain_all()
-                if hasattr(result, "__await__"):
-                    await result
+                drained = EventsWorker.drain_all()
+                if inspect.isawaitable(drained):
+                    await drained
 
         with contextlib.suppress(Exception):
             run_coro_as_sync(both())

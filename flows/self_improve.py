@@ -183,7 +183,8 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
             config.shards,
             config.engine,
         )
-        runner = run_iterations.with_options(task_runner=task_runner_for(config))
+        # Flow.with_options types task_runner as TaskRunner[PrefectFuture] (invariant): any runner is accepted
+        runner = run_iterations.with_options(task_runner=task_runner_for(config))  # type: ignore[arg-type]
         with tags(run_tag(run_id)):
             report, steering, night = runner(
                 PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
@@ -307,7 +308,8 @@ def run_iterations(run: PhaseContext) -> tuple[dict[str, Any], str | None, dict[
                 key=_artifact_key(run.run_id, "iterations"),
                 description=f"SIMS run {run.run_id}: one row per iteration",
             )
-        update_progress_artifact(progress_id, progress=100.0 * t / config.iterations)
+        # sync_compatible typing: called from a sync flow, create_progress_artifact returned the UUID
+        update_progress_artifact(progress_id, progress=100.0 * t / config.iterations)  # type: ignore[arg-type]
     night = None
     if config.lineage:
         last = run.at(config.iterations)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic_core import ErrorDetails
 
 from sims_core.errors import ConfigError
 from sims_core.generation import SamplingParams
@@ -325,7 +326,7 @@ class SimsConfig(BaseModel):
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SimsConfig:
+    def from_dict(cls, values: Mapping[str, Any] | SimsConfig) -> SimsConfig:
         """Validate ``values``; any problem is one `ConfigError` sentence."""
         if isinstance(values, SimsConfig):
             return values
@@ -514,15 +515,20 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 def _is_integer_field(loc: tuple[Any, ...]) -> bool:
     if len(loc) >= 3 and loc[0] == "engine_options" and loc[1] in ENGINES:
-        options = {"threads": ThreadsOptions, "dask": DaskOptions, "ray": RayOptions, "deployment": DeploymentOptions}
+        options: dict[str, type[_EngineOptions]] = {
+            "threads": ThreadsOptions,
+            "dask": DaskOptions,
+            "ray": RayOptions,
+            "deployment": DeploymentOptions,
+        }
         field = options[loc[1]].model_fields.get(str(loc[2]))
     else:
         field = SimsConfig.model_fields.get(str(loc[0]))
-    text = str(field.annotation if field is not None else "")
+    text = str(field.annotation) if field is not None else ""
     return "int" in text and "float" not in text
 
 
-def _bound(error: dict[str, Any]) -> str | None:
+def _bound(error: ErrorDetails) -> str | None:
     ctx = error.get("ctx") or {}
     kind = error["type"]
     integer = _is_integer_field(error["loc"])

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from sims_core.models import LanguageModel
+    from sims_core.steering.hooks import Positions
 
 __all__ = [
     "CONTROLS",
@@ -366,7 +367,7 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
 
 
 def edit_norms(
-    lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence[str], positions: str | None = None
+    lm: LanguageModel, steering: Any, alpha: float, prompts: Sequence[str], positions: Positions | None = None
 ) -> dict[int, float]:
     """Average size ``||h' - h||`` of the push ``steering`` gives at each of its layers, over the
     positions it actually moves, measured on a forward pass over the chat-formatted ``prompts``.
@@ -638,7 +639,6 @@ def summarize(
         return distinct_n(rows[column].astype(str).tolist(), n) if column in rows.columns else math.nan
 
     finish = rows["response_finish"] if "response_finish" in rows.columns else None
-    known = finish.notna() if finish is not None else None
     return dict(
         n=int(len(rows)),
         prompts=int(rows[group_column].nunique()),
@@ -664,7 +664,9 @@ def summarize(
         else math.nan,
         mean_length=float(lengths[0].mean()),
         reference_mean_length=float(lengths[1].mean()),
-        truncated=float((finish[known] == "length").mean()) if known is not None and known.any() else math.nan,
+        truncated=float((finish[finish.notna()] == "length").mean())
+        if finish is not None and finish.notna().any()
+        else math.nan,
         distinct_1=distinct("response", 1),
         distinct_2=distinct("response", 2),
         reference_distinct_1=distinct("reference", 1),
@@ -746,7 +748,7 @@ def sample_conditions(
     sampling: SamplingParams | None = None,
     seed: int = 0,
     alpha: float | None = None,
-    positions: str | None = None,
+    positions: Positions | None = None,
     control_temperature: float | None = None,
     system_prompt: str | None = None,
     progress: bool = True,
@@ -762,7 +764,7 @@ def sample_conditions(
     if unknown:
         raise UserError(f"unknown controls {unknown}; choose from {list(CONTROLS)}")
     params = sampling or SamplingParams()
-    gen = dict(num_samples=num_samples, seed=seed, system_prompt=system_prompt, progress=progress)
+    gen: dict[str, Any] = dict(num_samples=num_samples, seed=seed, system_prompt=system_prompt, progress=progress)
     notes: list[str] = []
     conditions: dict[str, list[list[Generation]]] = {}
     with _steering(lm, steering, alpha, positions):
@@ -829,7 +831,7 @@ def compare(
     return table, pd.DataFrame(summary), checked, notes
 
 
-def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: str | None):
+def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: Positions | None):
     from sims_core.steering.hooks import steer
 
     if spec is None:
@@ -847,7 +849,7 @@ def evaluate(
     reference: Any = None,
     alpha: float | None = None,
     reference_alpha: float | None = None,
-    positions: str | None = None,
+    positions: Positions | None = None,
     num_samples: int = 4,
     sampling: SamplingParams | None = None,
     seed: int = 0,
@@ -906,6 +908,7 @@ def evaluate(
     params = SamplingParams.resolve(
         sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
+    ref: Sequence[Sequence[Answer]]
     if baseline_answers is not None:
         if reference is not None:
             raise UserError(

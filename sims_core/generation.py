@@ -19,7 +19,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -28,6 +28,9 @@ from sims_core.errors import UserError
 from sims_core.models import LanguageModel, left_pad
 from sims_core.progress import progress_bar
 from sims_core.seeding import seed_from
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Generation", "SamplingParams", "generate", "sample_seed", "validate_prompts"]
 
@@ -267,6 +270,7 @@ def _preallocated_layer_class() -> type:
                 self.lazy_initialization(key_states, value_states)
             end = self.length + key_states.shape[-2]
             if end > self.capacity:  # more tokens than planned for: grow like a DynamicLayer
+                assert self.keys is not None and self.values is not None  # set by lazy_initialization
                 self._keys = torch.cat([self.keys, key_states], dim=-2)
                 self._values = torch.cat([self.values, value_states], dim=-2)
                 self.capacity = end
@@ -344,11 +348,12 @@ def _contiguous_input(module: torch.nn.Module, args: tuple) -> tuple | None:
     return None
 
 
-def _prefill(model: torch.nn.Module, ids: Tensor, mask: Tensor, positions: Tensor, kwargs: dict) -> object:
+def _prefill(model: PreTrainedModel, ids: Tensor, mask: Tensor, positions: Tensor, kwargs: dict) -> Any:
     """The first forward of a batch. With ``logits_to_keep=1`` transformers hands the output
     layer a strided slice of the last position, which torch multiplies as a batched matmul
     against the broadcast weight, several times slower than one matrix product: the output
-    layer is given a contiguous copy for this forward (same values)."""
+    layer is given a contiguous copy for this forward (same values). Returns the model's output
+    (a transformers ``CausalLMOutputWithPast``)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     hook = head.register_forward_pre_hook(_contiguous_input) if isinstance(head, torch.nn.Module) else None
     try:

@@ -29,7 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -37,6 +37,9 @@ from torch import nn
 from sims_core.errors import UserError
 from sims_core.hashing import canonical_hash
 from sims_core.packaged import packaged_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "EMBEDDED_MODEL",
@@ -94,7 +97,7 @@ class LanguageModel:
             assistant named SmolLM" message).
     """
 
-    model: nn.Module
+    model: PreTrainedModel
     tokenizer: Any
     name: str
     layers: nn.ModuleList
@@ -113,7 +116,9 @@ class LanguageModel:
             value = getattr(config, key, None)
             if isinstance(value, int):
                 return value
-        return int(self.model.get_input_embeddings().weight.shape[1])
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return int(weight.shape[1])
 
     @property
     def device(self) -> torch.device:
@@ -681,7 +686,7 @@ def _cache_problem(directory: Path) -> str | None:
     return None
 
 
-def _dequantize(gguf: Path) -> tuple[nn.Module, Any]:
+def _dequantize(gguf: Path) -> tuple[PreTrainedModel, Any]:
     """Load a .gguf file with transformers, dequantized to float32 (~30 s for the embedded model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -697,13 +702,13 @@ def _dequantize(gguf: Path) -> tuple[nn.Module, Any]:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The dequantized model still carries its GGUF quantization marker, which makes
     # save_pretrained refuse; the weights are plain float32 by now.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers at load time, not declared
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     return model, tokenizer
 
 
-def _load_gguf(gguf: Path, use_cache: bool) -> tuple[nn.Module, Any]:
+def _load_gguf(gguf: Path, use_cache: bool) -> tuple[PreTrainedModel, Any]:
     """Load a .gguf file (dequantized to float32). The dequantized copy is cached as a plain
     transformers directory, which reloads in under a second instead of ~30 s, with the size and
     sha256 of its weights: a cache that does not match them (a truncated or overwritten file) or
@@ -755,7 +760,9 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[nn.Module, Any]:
     return model, tokenizer
 
 
-def _from_pretrained(source: str, trust_remote_code: bool, local_files_only: bool | None) -> tuple[nn.Module, Any]:
+def _from_pretrained(
+    source: str, trust_remote_code: bool, local_files_only: bool | None
+) -> tuple[PreTrainedModel, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -821,7 +828,7 @@ def _stop_token_ids(model: nn.Module, tokenizer: Any) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def prepare(model: nn.Module, tokenizer: Any, name: str, system_prompt: str | None = None) -> LanguageModel:
+def prepare(model: PreTrainedModel, tokenizer: Any, name: str, system_prompt: str | None = None) -> LanguageModel:
     """Wrap a transformers causal LM and tokenizer you loaded yourself as a `LanguageModel`.
 
     It puts the model in eval mode with gradients off, sets the tokenizer to left padding (using
@@ -905,5 +912,6 @@ def load_model(
             )
         model, tokenizer = _from_pretrained(text, trust_remote_code, local_files_only)
         name = text
-    model = model.to(device=resolved_device, dtype=resolved_dtype)
+    # in place; transformers wraps PreTrainedModel.to in a decorator whose typing drops self
+    model.to(device=resolved_device, dtype=resolved_dtype)  # type: ignore[call-arg]
     return prepare(model, tokenizer, name, system_prompt)

@@ -185,7 +185,8 @@ def principle_contrast_pairs(
         raise ValueError("principle_contrast_pairs sets the system prompt itself; do not pass system_prompt")
     good = generate(lm, prompts, system_prompt=positive_principle, **generation)
     bad = generate(lm, prompts, system_prompt=negative_principle, **generation)
-    pairs, skipped = [], Counter()
+    pairs: list[PreferencePair] = []
+    skipped: Counter[str] = Counter()
     for prompt, g_row, b_row in zip(prompts, good, bad):
         for g, b in zip(g_row, b_row):
             if g.text == b.text:

@@ -35,8 +35,10 @@ def canonical_groups(keys: Sequence[str], lengths: Sequence[int], group_size: in
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
     if len(set(keys)) != len(keys):
         seen: set[str] = set()
-        duplicate = next(k for k in keys if k in seen or seen.add(k))
-        raise ValueError(f"item keys must be unique to group them canonically; {duplicate!r} appears twice")
+        for key in keys:
+            if key in seen:
+                raise ValueError(f"item keys must be unique to group them canonically; {key!r} appears twice")
+            seen.add(key)
     order = sorted(range(len(keys)), key=lambda i: (lengths[i], keys[i]))
     return [order[start : start + group_size] for start in range(0, len(order), group_size)]
 

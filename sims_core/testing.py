@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -64,42 +64,25 @@ def tiny_tokenizer(vocab_size: int = 384, chat_template: bool = True):
     return fast
 
 
-def _config(arch: Architecture, vocab: int, hidden: int, layers: int, heads: int, max_positions: int):
+def _config(arch: Architecture, vocab: int, hidden: int, layers: int, heads: int, max_positions: int) -> Any:
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
-    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    if arch == "llama":
-        return LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=max_positions,
-            **common,
-        )
-    if arch == "qwen2":
-        return Qwen2Config(
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=heads // 2,
-            max_position_embeddings=max_positions,
-            **common,
-        )
+    ids: dict[str, Any] = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=2)
     if arch == "gpt2":
-        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **common)
-    if arch == "gpt_neox":
-        return GPTNeoXConfig(
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            max_position_embeddings=max_positions,
-            **common,
-        )
-    raise ValueError(f"architecture must be one of {TINY_ARCHITECTURES}, got {arch!r}")
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=max_positions, **ids)
+    classes = {"llama": LlamaConfig, "qwen2": Qwen2Config, "gpt_neox": GPTNeoXConfig}
+    if arch not in classes:
+        raise ValueError(f"architecture must be one of {TINY_ARCHITECTURES}, got {arch!r}")
+    sizes: dict[str, Any] = dict(
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=max_positions,
+    )
+    if arch != "gpt_neox":  # grouped-query attention in the Llama layouts
+        sizes["num_key_value_heads"] = heads // 2
+    return classes[arch](**sizes, **ids)
 
 
 def tiny_model(

@@ -118,7 +118,7 @@ def check_unlocked(store: ArtifactStore | str | None, run_id: str) -> LockInfo |
     info = read_lock(store, run_id)
     if info is not None and info.readable and info.hostname == socket.gethostname() and info.pid == os.getpid():
         return None  # this process holds it (the CLI took it before starting the flow)
-    if is_stale(info):
+    if info is None or is_stale(info):
         return info
     raise RunLockedError(run_id, store.lock_uri(run_id), info)
 

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -188,7 +188,7 @@ class Manifest:
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise self._damaged(source, f"an entry is not valid: {exc}") from None
         for out in e.outputs.values():
-            out.uri = self.store.relative_to_run(self.run_id, self.store.resolve(self.run_id, out.uri, source=source))
+            out.uri = self.store.inside_run(self.run_id, out.uri, source=source)
         return e
 
     def _sidecar_uri(self, iteration: int, phase: str) -> str:
@@ -412,7 +412,7 @@ class Manifest:
             if fp is None:
                 raise NotFoundError(f"output {value} does not exist; write it before recording it")
             rec = OutputRecord(str(value), self.store.content_hash(str(value)), fingerprint=fp)
-        rec.uri = self.store.relative_to_run(self.run_id, self.store.resolve(self.run_id, rec.uri, source=source))
+        rec.uri = self.store.inside_run(self.run_id, rec.uri, source=source)
         return rec
 
     def record(
@@ -423,7 +423,7 @@ class Manifest:
         *,
         config_hash: str | None = None,
         input_hashes: dict[str, str] | None = None,
-        outputs: dict[str, str | WrittenArtifact | OutputRecord] | None = None,
+        outputs: Mapping[str, str | WrittenArtifact | OutputRecord] | None = None,
         rows: int | None = None,
         started_at: str | None = None,
         finished_at: str | None = None,
@@ -491,7 +491,7 @@ class Manifest:
         self,
         iteration: int,
         phase: str,
-        outputs: dict[str, str | WrittenArtifact | OutputRecord],
+        outputs: Mapping[str, str | WrittenArtifact | OutputRecord],
         *,
         rows: int | None = None,
         config_hash: str | None = None,
@@ -597,7 +597,7 @@ class Manifest:
                 try:
                     e = m._entry_from(d, uri)
                     checks = [m._check(e.iteration, e.phase, k, o, False) for k, o in e.outputs.items()]
-                    bad = [c for c in checks if c.state != "ok" and e.status == "completed"]
+                    bad: list[OutputCheck | str] = [c for c in checks if c.state != "ok" and e.status == "completed"]
                 except (ManifestDamagedError, UnsafeURIError) as exc:
                     e, bad = None, [str(exc)]
                 if e is not None and not bad:

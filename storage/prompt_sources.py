@@ -112,7 +112,7 @@ def load_prompt_table(
         from sims_core.prompts import default_prompts
 
         records = default_prompts()  # every built-in prompt has its reference answer
-        data = {
+        data: dict[str, list[Any]] = {
             "prompt": [r.prompt for r in records],
             "category": [r.category for r in records],
             "reference": [r.reference for r in records],
@@ -171,7 +171,7 @@ def _read_files(fs: Any, paths: list[str], source: str) -> dict[str, list[Any]]:
     return out
 
 
-def _read_file(raw: bytes, ext: str, source: str) -> dict[str, list[Any]]:
+def _read_file(raw: bytes, ext: str | None, source: str) -> dict[str, list[Any]]:
     """The columns of a prompt file's bytes, read with pandas (values as Python objects)."""
     import pandas as pd
 

@@ -263,9 +263,10 @@ def conform_table(
             problem = f"has {cast.null_count} null value(s) but may not be null"
             raise ArtifactSchemaError(path, field.name, problem, f"{_describe(field)} without nulls", schema_name)
         allowed = _meta(field, _VALUES)
-        bad = sorted(set(pc.unique(cast).to_pylist()) - set(allowed.decode().split("|")) - {None}) if allowed else []
+        values = allowed.decode().split("|") if allowed else None
+        bad = sorted(set(pc.unique(cast).to_pylist()) - set(values) - {None}) if values is not None else []
         if bad:
-            expected = f"one of {allowed.decode().split('|')}"
+            expected = f"one of {values}"
             raise ArtifactSchemaError(path, field.name, f"has value(s) {bad[:3]}", expected, schema_name)
         columns.append(cast)
         fields.append(pa.field(field.name, cast.type, nullable=field.nullable))

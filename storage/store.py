@@ -304,16 +304,21 @@ class ArtifactStore:
         parts = rel.split("/")
         return None if "\\" in rel or any(p in ("", ".", "..") for p in parts) else rel
 
-    def resolve(self, run_id: str, uri: str, *, source: str | None = None) -> str:
-        """The absolute URI of ``uri`` (relative to the run directory, or absolute inside it);
-        anything outside the run is an `UnsafeURIError` naming ``source`` (the file it came from)."""
+    def inside_run(self, run_id: str, uri: str, *, source: str | None = None) -> str:
+        """``uri`` (relative to the run directory, or absolute inside it) relative to the run
+        directory; anything outside the run is an `UnsafeURIError` naming ``source`` (the file it
+        came from)."""
         rel = self.relative_to_run(run_id, uri)
         if rel is None:
             raise UnsafeURIError(
                 f"{source or 'the manifest'} names {str(uri)!r}, which lies outside the run folder "
                 f"{self.run_uri(run_id)}; a run's records may only name files inside it (was the file edited?)"
             )
-        return self.run_uri(run_id, rel)
+        return rel
+
+    def resolve(self, run_id: str, uri: str, *, source: str | None = None) -> str:
+        """The absolute URI of ``uri`` (`inside_run`'s checks)."""
+        return self.run_uri(run_id, self.inside_run(run_id, uri, source=source))
 
     # ------------------------------------------------------------ files, fingerprints, hashes
     def _fingerprint(self, path: str) -> str | None:
@@ -507,7 +512,10 @@ class ArtifactStore:
         """``(H_chosen, H_rejected, pair_ids)`` of ``layer`` across one or more activation artifacts
         (the shards of a phase), ordered by pair id, then numerically by token index (rows are
         named ``<pair id>:<k>``), whatever the sharding. A pair in two shards is an error naming it."""
-        chosen_parts, rejected_parts, ids, owner = [], [], [], {}
+        chosen_parts: list[np.ndarray] = []
+        rejected_parts: list[np.ndarray] = []
+        ids: list[str] = []
+        owner: dict[str, str] = {}  # pair id: the shard that holds it
         for uri in uris:
             with self.activation_reader(uri) as reader:
                 if not reader.num_rows:

@@ -54,7 +54,7 @@ def eval_prompts(split: pd.DataFrame, config: SimsConfig) -> pd.DataFrame:
     return split[split["split"] == "eval"].head(config.max_eval_prompts).reset_index(drop=True)
 
 
-def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str] | None]:
+def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str | None] | None]:
     """The judge of the held-out ``prompts`` (``config.judge``; ``auto`` resolved on whether every
     prompt has a reference answer) and the references to give it (None when it needs none)."""
     texts = prompts["prompt"].tolist()

@@ -37,7 +37,7 @@ def fix_import_path(local_directory: str | None) -> None:
         for name in PACKAGES:
             importlib.import_module(name)
     finally:
-        if position is not None:
+        if position is not None and local_directory is not None:
             sys.path.insert(position, local_directory)
 
 

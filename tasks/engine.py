@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from sims_core.config import SimsConfig
+from sims_core.config import DaskOptions, DeploymentOptions, RayOptions, SimsConfig
 from sims_core.errors import ConfigError, SimsError, UserError, is_retryable, is_user_error
 from sims_core.hashing import canonical_hash
 from storage import shard_phase
@@ -48,7 +48,7 @@ __all__ = [
 
 # The units a worker can run: the three sharded phases, plus the baseline answers, the steering fit
 # and the eval (remote only with the deployment engine, so that the orchestrator never loads the model).
-UNITS = {
+UNITS: dict[str, Task[..., Any]] = {
     "baseline": baseline_phase,
     "generations": generations_phase,
     "rankings": rankings_phase,
@@ -103,9 +103,9 @@ def _api_env() -> dict[str, str]:
 def task_runner_for(config: SimsConfig) -> TaskRunner:
     """The Prefect task runner that runs the shards of ``config.engine``."""
     options = config.engine_options
-    if config.engine in ("threads", "deployment"):
+    if not isinstance(options, (DaskOptions, RayOptions)):  # threads, deployment
         return ThreadPoolTaskRunner(max_workers=options.max_workers or max(config.shards, 1))
-    if config.engine == "dask":
+    if isinstance(options, DaskOptions):
         prefect_dask = _require("prefect_dask", "prefect-dask", "dask")
         if options.address is not None:
             return prefect_dask.DaskTaskRunner(address=options.address)
@@ -136,7 +136,10 @@ def prepare_workers(config: SimsConfig) -> None:
 
     from tasks.dask_workers import SimsImportPath
 
-    runner = FlowRunContext.get().task_runner
+    context = FlowRunContext.get()
+    if context is None:
+        raise RuntimeError("prepare_workers runs inside a flow")
+    runner: Any = context.task_runner  # prefect_dask's DaskTaskRunner, whose client starts the cluster
     runner.client.register_plugin(SimsImportPath())  # starts the cluster if it has not started
 
 
@@ -180,16 +183,16 @@ def check_engine(config: SimsConfig, *, with_api: bool = True) -> None:
     scheduler or Ray head, missing deployment) before any work starts. Sizes (zero workers, ...)
     are checked by `SimsConfig` itself."""
     options = config.engine_options
-    if config.engine == "dask":
+    if isinstance(options, DaskOptions):
         _require("prefect_dask", "prefect-dask", "dask")
         if options.address is not None:
             _check_reachable("dask", "Dask scheduler", options.address, 8786)
-    elif config.engine == "ray":
+    elif isinstance(options, RayOptions):
         _require("prefect_ray", "prefect-ray", "ray")
         if options.address and options.address != "auto":
             address = options.address
             _check_reachable("ray", "Ray cluster", address, 10001 if address.startswith("ray://") else 6379)
-    elif config.engine == "deployment" and with_api:
+    elif isinstance(options, DeploymentOptions) and with_api:
         _check_deployment(options.deployment)
 
 
@@ -326,6 +329,8 @@ def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
     CRASHED (an earlier orchestrator's, or this one's) is rescheduled, as `prefect flow-run retry`
     would, up to ``engine_options.retries`` times: the same flow run, the same idempotency key."""
     options = ctx.config.engine_options
+    if not isinstance(options, DeploymentOptions):
+        raise EngineError(f"run_remote dispatches units of engine 'deployment', not {ctx.config.engine!r}")
     parameters = {"unit": unit, "context": ctx.model_dump(mode="json"), "arguments": call}
     log = phase_logger()
     key = idempotency_key(ctx, unit, call)

@@ -165,6 +165,7 @@ def publish_night(
     """Record the run in its lineage and, when the gate said so, make its steering current."""
     cfg = ctx.config
     store = ctx.store
+    assert cfg.lineage is not None  # the flow runs this phase for lineage runs only
     lineage = Lineage(store, cfg.lineage)
     existing = lineage.night(ctx.run_id)
     if existing is not None:

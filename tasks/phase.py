@@ -118,6 +118,7 @@ def run_phase(
     fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
     if fresh:
         entry = manifest.entry(ctx.iteration, phase)
+        assert entry is not None  # is_fresh found it
         outputs = {name: manifest.output_uri(ctx.iteration, phase, name) for name in entry.outputs}
         log.info("iteration %d %s: skipped, %s", ctx.iteration, phase, reason)
         return PhaseResult(outputs=outputs, computed=False, reason=f"skipped: {reason}")

@@ -63,8 +63,9 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
         rankings = manifest.shard_uris(t, "rankings")
         if rankings:
             row["oracle_score"] = float(store.read_frames(rankings, "rankings")["score"].mean())
-        if manifest.entry(t, "buffer"):
-            row["pairs"] = manifest.entry(t, "buffer").rows
+        buffer = manifest.entry(t, "buffer")
+        if buffer:
+            row["pairs"] = buffer.rows
         if manifest.entry(t, "steering"):
             selection = store.read_frame(manifest.output_uri(t, "steering", "selection"), "selection")
             chosen = selection[selection["chosen"]].iloc[0]

@@ -22,6 +22,7 @@ from sims_core.config import SimsConfig
 from sims_core.errors import SimsError
 from sims_core.hashing import canonical_json
 from sims_core.oracles import Oracle, get_oracle, oracle_info
+from sims_core.steering.hooks import Positions
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
@@ -130,7 +131,7 @@ def load_steering(store: ArtifactStore, uri: str, lm: LanguageModel) -> Steering
 
 
 @contextmanager
-def policy(lm: LanguageModel, steering: SteeringSet | None, positions: str | None = None) -> Iterator[None]:
+def policy(lm: LanguageModel, steering: SteeringSet | None, positions: Positions | None = None) -> Iterator[None]:
     """pi_t = M composed with the iteration's steering (at its chosen alpha); M alone if None."""
     ctx = steer(lm, steering, positions=positions) if steering is not None else nullcontext()
     with ctx:

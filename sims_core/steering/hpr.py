@@ -142,6 +142,11 @@ class _HPRNet(nn.Module):
         self.angle = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         self.act = ACTIVATIONS[activation]
 
+    @property
+    def linears(self) -> list[nn.Linear]:
+        """The angle network's layers (all of ``angle``), typed."""
+        return [m for m in self.angle if isinstance(m, nn.Linear)]
+
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         x = h
         for i, linear in enumerate(self.angle):
@@ -242,7 +247,7 @@ class HPRFunction:
 
     @classmethod
     def from_module(cls, net: _HPRNet, activation: str) -> HPRFunction:
-        layers = [(lin.weight.detach().clone(), lin.bias.detach().clone()) for lin in net.angle]
+        layers = [(lin.weight.detach().clone(), lin.bias.detach().clone()) for lin in net.linears]
         return cls(net.probe.weight.detach()[0].clone(), layers, activation)
 
     def load_into(self, net: _HPRNet) -> None:
@@ -254,7 +259,7 @@ class HPRFunction:
             )
         with torch.no_grad():
             net.probe.weight.copy_(self.probe_weight.reshape(1, -1))
-            for linear, (weight, bias) in zip(net.angle, self.angle_layers):
+            for linear, (weight, bias) in zip(net.linears, self.angle_layers):
                 if linear.weight.shape != weight.shape:
                     raise ValueError(
                         f"cannot warm-start: angle layer shape {list(weight.shape)} != {list(linear.weight.shape)}"

@@ -102,7 +102,7 @@ class Learner(ABC):
     vector_export: ClassVar[bool] = False
     default_positions: ClassVar[str] = "last"
     operation: ClassVar[str]
-    function_type: ClassVar[type]
+    function_type: ClassVar[type[LayerFunction]]
     Config: ClassVar[type]
 
     def __init__(self, **options: Any) -> None:

@@ -20,7 +20,7 @@ from sims_core.fluency import answer_nll, mean_finite
 from sims_core.generation import SamplingParams, generate
 from sims_core.models import LanguageModel
 from sims_core.oracles import Oracle, score_candidates
-from sims_core.steering.hooks import steer
+from sims_core.steering.hooks import Positions, steer
 from sims_core.steering.steering_set import SteeringSet
 
 __all__ = ["StrengthSelection", "select_strength", "strength_candidates"]
@@ -64,7 +64,7 @@ def select_strength(
     *,
     alphas: Sequence[float],
     max_nll_increase: float = 0.5,
-    positions: str | None = None,
+    positions: Positions | None = None,
     seed: int = 0,
     references: Sequence[str] | None = None,
     sampling: SamplingParams | None = None,
@@ -85,7 +85,7 @@ def select_strength(
         sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
     )
     batch_size = params.batch_size
-    options = dict(num_samples=1, sampling=params, seed=seed, progress=False)
+    options: dict[str, Any] = dict(num_samples=1, sampling=params, seed=seed, progress=False)
     candidates = [
         (layers, alpha, _restrict(steering, layers, alpha)) for layers, alpha in strength_candidates(steering, alphas)
     ]
