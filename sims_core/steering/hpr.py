@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sims_core.steering.learners import LayerFunction, Learner, check_positive, register_learner
+from sims_core.steering.learners import LayerFunction, TrainedLearner, check_positive, register_learner
 from sims_core.steering.selection import probe_accuracy
-from sims_core.steering.training import SCHEDULES, seeded, train_pairs
+from sims_core.steering.training import SCHEDULES, seeded
 
 __all__ = [
     "ACTIVATIONS",
@@ -269,20 +269,14 @@ class HPRFunction:
 
 
 @register_learner
-class HPR(Learner):
-    """Householder pseudo-rotation learner (the SIMS default)."""
+class HPR(TrainedLearner):
+    """Householder pseudo-rotation learner (the SIMS default): paired, token-level, steers the
+    newest token (`Learner`'s defaults)."""
 
-    name: ClassVar[str] = "hpr"
-    paired: ClassVar[bool] = True
-    token_level: ClassVar[bool] = True
-    default_alphas: ClassVar[tuple[float, ...]] = (0.5, 1.0)
-    default_positions: ClassVar[str] = "last"
-    operation: ClassVar[str] = "householder_pseudo_rotation"
-    function_type: ClassVar[type] = HPRFunction
-    Config: ClassVar[type] = HPRConfig
-
-    def steps(self, n_pos: int, n_neg: int) -> int:
-        return self.config.epochs * math.ceil(n_pos / self.config.batch_size)
+    name = "hpr"
+    operation = "householder_pseudo_rotation"
+    function_type = HPRFunction
+    Config = HPRConfig
 
     def fit_layer(
         self, pos: Tensor, neg: Tensor, *, seed: int, init: LayerFunction | None, on_step: Callable[[int], object]
@@ -305,18 +299,7 @@ class HPR(Learner):
             logits, angles = net(x)
             return hpr_loss(logits, angles, labels, targets)
 
-        train_pairs(
-            net,
-            n,
-            loss_fn,
-            lr=cfg.lr,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            warmup=cfg.warmup,
-            schedule=cfg.schedule,
-            seed=seed,
-            on_step=on_step,
-        )
+        self.train(net, n, loss_fn, seed=seed, on_step=on_step)
         return HPRFunction.from_module(net, cfg.activation)
 
     def score(self, pos_train: Tensor, neg_train: Tensor, pos_test: Tensor, neg_test: Tensor) -> float:

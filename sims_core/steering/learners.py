@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sims_core.errors import ConfigError
 from sims_core.seeding import seed_from
+from sims_core.steering.training import train_pairs
 
 __all__ = [
     "LayerFunction",
     "Learner",
+    "TrainedLearner",
     "get_learner",
     "known_learners",
     "layer_seed",
@@ -131,6 +134,39 @@ class Learner(ABC):
     @abstractmethod
     def score(self, pos_train: Tensor, neg_train: Tensor, pos_test: Tensor, neg_test: Tensor) -> float:
         """Held-out score of a layer (higher is better), used to choose layers."""
+
+
+class TrainedLearner(Learner):
+    """A learner that trains a network on the pairs with `train_pairs`: its ``Config`` has
+    ``lr``, ``epochs``, ``batch_size``, ``warmup``, ``schedule`` (and may have ``weight_decay``)."""
+
+    def steps(self, n_pos: int, n_neg: int) -> int:
+        return self.config.epochs * math.ceil(n_pos / self.config.batch_size)
+
+    def train(
+        self,
+        net: nn.Module,
+        n: int,
+        loss_fn: Callable[[Tensor], Tensor],
+        *,
+        seed: int,
+        on_step: Callable[[int], object],
+    ) -> None:
+        """`train_pairs` with this learner's options."""
+        cfg = self.config
+        train_pairs(
+            net,
+            n,
+            loss_fn,
+            lr=cfg.lr,
+            epochs=cfg.epochs,
+            batch_size=cfg.batch_size,
+            warmup=cfg.warmup,
+            schedule=cfg.schedule,
+            seed=seed,
+            on_step=on_step,
+            weight_decay=getattr(cfg, "weight_decay", 0.0),
+        )
 
 
 def register_learner(cls: type[Learner]) -> type[Learner]:

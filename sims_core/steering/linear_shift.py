@@ -9,7 +9,6 @@ It is trained so that ``h- + delta(h-) ~ h+`` (MSE over paired rows) and applied
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -18,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sims_core.steering.learners import LayerFunction, Learner, check_positive, register_learner
+from sims_core.steering.learners import LayerFunction, TrainedLearner, check_positive, register_learner
 from sims_core.steering.selection import probe_accuracy
-from sims_core.steering.training import SCHEDULES, seeded, train_pairs
+from sims_core.steering.training import SCHEDULES, seeded
 
 __all__ = ["LinearShift", "LinearShiftConfig", "LinearShiftFunction"]
 
@@ -104,20 +103,14 @@ class LinearShiftFunction:
 
 
 @register_learner
-class LinearShift(Learner):
-    """Learned low-rank linear shift from disfavoured to preferred activations."""
+class LinearShift(TrainedLearner):
+    """Learned low-rank linear shift from disfavoured to preferred activations (paired,
+    token-level, steers the newest token: `Learner`'s defaults)."""
 
-    name: ClassVar[str] = "linear_shift"
-    paired: ClassVar[bool] = True
-    token_level: ClassVar[bool] = True
-    default_alphas: ClassVar[tuple[float, ...]] = (0.5, 1.0)
-    default_positions: ClassVar[str] = "last"
-    operation: ClassVar[str] = "linear_shift"
-    function_type: ClassVar[type] = LinearShiftFunction
-    Config: ClassVar[type] = LinearShiftConfig
-
-    def steps(self, n_pos: int, n_neg: int) -> int:
-        return self.config.epochs * math.ceil(n_pos / self.config.batch_size)
+    name = "linear_shift"
+    operation = "linear_shift"
+    function_type = LinearShiftFunction
+    Config = LinearShiftConfig
 
     def fit_layer(
         self, pos: Tensor, neg: Tensor, *, seed: int, init: LayerFunction | None, on_step: Callable[[int], object]
@@ -144,19 +137,7 @@ class LinearShift(Learner):
             shifted = h + net.up(net.down(h / scale)) * scale
             return F.mse_loss(shifted, pos[index])
 
-        train_pairs(
-            net,
-            pos.shape[0],
-            loss_fn,
-            lr=cfg.lr,
-            epochs=cfg.epochs,
-            batch_size=cfg.batch_size,
-            warmup=cfg.warmup,
-            schedule=cfg.schedule,
-            seed=seed,
-            on_step=on_step,
-            weight_decay=cfg.weight_decay,
-        )
+        self.train(net, pos.shape[0], loss_fn, seed=seed, on_step=on_step)
         return LinearShiftFunction(
             net.down.weight.detach().clone(),
             net.up.weight.detach().clone(),

@@ -62,15 +62,15 @@ class MeanDiffFunction:
 class MeanDiff(Learner):
     """Contrastive activation addition: the difference of the class means."""
 
-    name: ClassVar[str] = "mean_diff"
-    paired: ClassVar[bool] = False
-    token_level: ClassVar[bool] = False
-    default_alphas: ClassVar[tuple[float, ...]] = (2.0, 4.0)
-    vector_export: ClassVar[bool] = True
-    default_positions: ClassVar[str] = "all"
-    operation: ClassVar[str] = "add"
-    function_type: ClassVar[type] = MeanDiffFunction
-    Config: ClassVar[type] = MeanDiffConfig
+    name = "mean_diff"
+    paired = False
+    token_level = False
+    default_alphas = (2.0, 4.0)
+    vector_export = True
+    default_positions = "all"
+    operation = "add"
+    function_type = MeanDiffFunction
+    Config = MeanDiffConfig
 
     def fit_layer(
         self, pos: Tensor, neg: Tensor, *, seed: int, init: LayerFunction | None, on_step: Callable[[int], object]
