@@ -37,6 +37,7 @@ from torch import nn
 from sims_core.errors import UserError
 from sims_core.hashing import canonical_hash
 from sims_core.packaged import packaged_path
+from sims_core.processes import pid_alive
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -619,16 +620,6 @@ def _gguf_cache_dir(gguf: Path) -> Path:
     return _cache_root() / "models" / f"{gguf.stem}-{key}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _sweep_cache_temporaries(parent: Path, max_age_s: float = 6 * 3600) -> None:
     """Delete the temporary folders (``<name>.tmp-<pid>-*``) that a process killed while writing
     the cache left behind: those whose process is gone, and any older than ``max_age_s``."""
@@ -639,7 +630,7 @@ def _sweep_cache_temporaries(parent: Path, max_age_s: float = 6 * 3600) -> None:
             age = now - tmp.stat().st_mtime
         except (IndexError, OSError):
             continue
-        dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+        dead = pid_text.isdigit() and int(pid_text) != os.getpid() and not pid_alive(int(pid_text))
         if (dead and age > 5) or age > max_age_s:
             log.info("removing %s, left by an interrupted cache write", tmp)
             shutil.rmtree(tmp, ignore_errors=True)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sims_core.errors import UserError
+from sims_core.processes import pid_alive
 
 from .layout import validate_run_id
 from .manifest import utc_now
@@ -87,27 +88,13 @@ class RunLockedError(UserError):
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return True
-    return True
-
-
 def is_stale(info: LockInfo | None) -> bool:
     """Whether a lock can be taken over without asking: there is none, the file is empty or
     garbage, or its process died on this host. (A lock held on another host is never stale
     here: its pid cannot be checked.)"""
     if info is None or not info.readable:
         return True
-    return info.hostname == socket.gethostname() and info.pid != os.getpid() and not _pid_alive(info.pid)
+    return info.hostname == socket.gethostname() and info.pid != os.getpid() and not pid_alive(info.pid)
 
 
 def check_unlocked(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
@@ -211,7 +198,7 @@ class RunLock:
                 self.take_over_dead
                 and current.hostname == info.hostname
                 and current.pid != info.pid
-                and not _pid_alive(current.pid)
+                and not pid_alive(current.pid)
             ):
                 warnings.warn(
                     f"taking over the stale lock of run {self.run_id!r} left by {current.describe()}: "
