@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -265,24 +265,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def _output_file(out: str, force: bool) -> Iterator[Path]:
-    """A temporary path beside ``out`` that becomes ``out`` when the block succeeds (a reader never
-    sees half a file; nothing is left on failure). An existing ``out`` is refused without ``force``."""
+def _write_output(out: str, force: bool, data: bytes) -> None:
+    """Write ``data`` to the local file ``out`` with storage's atomic write (a reader never sees
+    half a file; nothing is left on failure). An existing ``out`` is refused without ``force``."""
+    from storage import ArtifactStore
+
     target = Path(out)
     if target.is_dir():
         raise UsageError(f"--out {out!r} is a directory; give a file path")
     if target.exists() and not force:
         raise UsageError(f"--out {out!r} already exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    ArtifactStore.open(str(target.parent)).write_bytes(str(target), data)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -299,8 +292,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             out = args.out if args.out.endswith(".safetensors") else os.path.join(args.out, FILE_NAME)
             if os.path.isfile(args.out) and not args.out.endswith(".safetensors"):
                 raise UsageError(f"--out {args.out!r} is a file; give a directory or a .safetensors path")
-            with _output_file(out, args.force) as tmp:
-                tmp.write_bytes(data)
+            _write_output(out, args.force, data)
             path = out
         else:
             from sims_core.steering.learners import get_learner, known_learners
@@ -311,8 +303,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                     f"a GGUF control vector holds one vector per layer; iteration {t} used learner "
                     f"{steering.learner!r}, whose layer functions are not vectors (learners that export: {vectors})"
                 )
-            with _output_file(args.out, args.force) as tmp:
-                steering.to_gguf(tmp)
+            with tempfile.TemporaryDirectory() as folder:
+                _write_output(args.out, args.force, steering.to_gguf(Path(folder) / Path(args.out).name).read_bytes())
             path = args.out
         print(
             f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})"
@@ -324,11 +316,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     t = _latest(manifest, "buffer", args.iteration)
     pairs = pairs_from_frame(manifest.read_frame(t, "buffer", "buffer"))  # verified
     frame = to_dpo_dataframe(pairs)
-    with _output_file(out, args.force) as tmp:
-        if out.endswith(".jsonl"):
-            frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-        else:
-            frame.to_parquet(tmp, index=False)
+    if out.endswith(".jsonl"):
+        data = frame.to_json(orient="records", lines=True, force_ascii=False).encode("utf-8")
+    else:
+        data = frame.to_parquet(index=False)
+    _write_output(out, args.force, data)
     print(f"wrote {len(frame)} DPO pairs (prompt, chosen, rejected) from iteration {t} to {out}")
     return 0
 
