@@ -175,6 +175,11 @@ class ProcessGuard:
         self._done = threading.Event()
 
     def __enter__(self) -> ProcessGuard:
+        # imported here, not in the handler: importing sims (torch) inside a signal handler takes
+        # seconds on a loaded machine, time the grace period is meant for
+        from tasks.runtime import request_stop
+
+        self._request_stop = request_stop
         if threading.current_thread() is threading.main_thread():
             for signum in EXIT_CODES:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -188,9 +193,7 @@ class ProcessGuard:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        from tasks.runtime import request_stop
-
-        request_stop()
+        self._request_stop()
         if self.signum is not None:  # a second signal: stop now
             self.force_exit(signum)
         self.signum = signum

@@ -192,7 +192,8 @@ def test_a_run_that_does_not_stop_is_forced_out_by_the_watchdog_or_a_second_sign
     assert process.stdout.readline().strip() == "ready"
     process.send_signal(signal.SIGINT)
     # the first signal was handled (two pending SIGINTs would merge into one on a loaded machine)
-    assert process.stdout.readline().strip() == "interrupt swallowed"
+    line = process.stdout.readline()
+    assert line.strip() == "interrupt swallowed", line or process.stderr.read()
     if signals == 2:
         process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=30)
