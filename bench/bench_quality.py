@@ -1,7 +1,7 @@
 """Quality sweep: which settings make the SIMS loop improve the embedded model, measured with the
 default evaluation (the reference judge on held-out prompts, independent of the training oracle).
 
-    python bench/bench_quality.py [--only NAME,NAME] [--store DIR] [--iterations T]
+    python bench/bench_quality.py [--only NAME,NAME] [--store DIR] [--iterations T] [--set KEY=VALUE ...]
 
 Each configuration is a full `self_improve` run on the embedded SmolLM2-135M-Instruct (same seed,
 same prompts) that differs from the default in one setting. All of them share one run id, so a
@@ -12,7 +12,9 @@ configuration computes, model loading and flow overhead aside; `sims run` measur
 time of the default). One markdown table is printed, a row per configuration: the final
 iteration's win rate and paired score effect vs the base model with their 95% CIs and the number
 of comparisons, the same vs the previous iteration, the two controls, the best-of-N line, and
-the share of answers cut at the token limit.
+the share of answers cut at the token limit. ``--set`` changes the common base of every
+configuration (e.g. ``--set controls=false --set best_of_n=0`` for a first pass that ranks the
+configurations on the steered model alone).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("SIMS_PROGRESS", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from sims_core.config import SimsConfig  # noqa: E402
 
 # name -> (what it tests, overrides of the default config)
 CONFIGS: dict[str, tuple[str, dict]] = {
@@ -55,14 +59,14 @@ def _fmt_effect(row: dict, prefix: str = "") -> str:
     return f"{effect:+.4f} [{row[f'{prefix}effect_ci_low']:+.4f}, {row[f'{prefix}effect_ci_high']:+.4f}]"
 
 
-def run_config(name: str, overrides: dict, store: str, run_id: str, iterations: int) -> dict:
+def run_config(name: str, base: SimsConfig, overrides: dict, run_id: str) -> dict:
     from flows.self_improve import self_improve
-    from sims_core.config import SimsConfig
     from storage import ArtifactStore, Manifest
     from tasks.phase import PhaseContext
     from tasks.report import iteration_table
 
-    config = SimsConfig(store=store, iterations=iterations).replace(**overrides)
+    config = base.replace(**overrides)
+    store, iterations = config.store, config.iterations
     started = time.perf_counter()
     self_improve(config=config, run_id=run_id, force=True)
     wall = time.perf_counter() - started
@@ -81,7 +85,10 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated configuration names (default: all)")
     parser.add_argument("--store", default="./bench-runs/quality")
     parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change every configuration")
+    parser.add_argument("--run-id", default="quality-sweep")
     args = parser.parse_args()
+    base = SimsConfig(store=args.store, iterations=args.iterations).with_overrides(args.set)
     names = args.only.split(",") if args.only else list(CONFIGS)
     unknown = sorted(set(names) - set(CONFIGS))
     if unknown:
@@ -90,7 +97,7 @@ def main() -> None:
     for name in names:
         what, overrides = CONFIGS[name]
         print(f"== {name}: {what} {overrides}", flush=True)
-        row = run_config(name, overrides, args.store, "quality-sweep", args.iterations)
+        row = run_config(name, base, overrides, args.run_id)
         rows.append((what, row))
         print(
             f"   win rate {_fmt_rate(row)}, effect {_fmt_effect(row)}, n={row.get('n', 0):.0f}; "
