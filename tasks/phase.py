@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefect.states import Completed, State
+from prefect.states import Completed
 from pydantic import BaseModel, ConfigDict
 
 from sims_core.config import SimsConfig
 from sims_core.hashing import canonical_hash
-from storage import ArtifactModifiedError, ArtifactStore, Manifest, WrittenArtifact
+from storage import ArtifactStore, Manifest, WrittenArtifact
 
-__all__ = ["PhaseContext", "PhaseResult", "phase_logger", "run_phase", "shard_inputs", "verify_inputs"]
+__all__ = ["PhaseContext", "PhaseResult", "phase_logger", "run_phase", "shard_inputs"]
 
 
 def phase_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -114,7 +114,7 @@ def run_phase(
     if extra_key:
         config_hash = canonical_hash({"config": config_hash, **dict(extra_key)})[:16]
     input_hashes = {name: store.content_hash(uri) for name, uri in sorted(inputs.items())}
-    verify_inputs(manifest, inputs, input_hashes)
+    manifest.verify_inputs(inputs, input_hashes)
     fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
     if fresh:
         entry = manifest.entry(ctx.iteration, phase)
@@ -140,28 +140,3 @@ def run_phase(
         entry.rows if entry.rows is not None else "-",
     )
     return PhaseResult(outputs=outputs, computed=True, reason=reason)
-
-
-def verify_inputs(manifest: Manifest, inputs: Mapping[str, str], hashes: Mapping[str, str]) -> None:
-    """Refuse to read an input artifact that changed after the phase that wrote it recorded it
-    (its sha256 is no longer the recorded one): an `ArtifactModifiedError` naming the file and
-    the phase. Inputs the manifest does not record (nothing to compare with) pass."""
-    recorded = {}
-    for entry in manifest.entries:
-        if entry.status == "completed":
-            for name, out in entry.outputs.items():
-                recorded[manifest.store.run_uri(manifest.run_id, out.uri)] = (entry, name, out.sha256)
-    for name, uri in inputs.items():
-        if uri not in recorded:
-            continue
-        entry, output, sha = recorded[uri]
-        if sha is not None and sha != hashes[name]:
-            raise ArtifactModifiedError(
-                f"{uri} changed after iteration {entry.iteration} {entry.phase!r} of run {manifest.run_id!r} wrote it "
-                f"(sha256 {sha[:12]} recorded, {hashes[name][:12]} now); resume the run to compute it again"
-            )
-
-
-def is_cached(state: State) -> bool:
-    """Whether a phase's task run was skipped (its artifacts were fresh)."""
-    return state.name == "Cached"
