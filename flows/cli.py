@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sims_core.errors import NotFoundError, SimsError, UserError, is_user_error
+from sims_core.errors import SimsError, UserError, is_user_error
 
 __all__ = ["main"]
 
@@ -332,10 +332,7 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     _run_id(args.run_id)
     info = read_lock(store, args.run_id)
     if info is None:
-        if not store.exists(store.manifest_uri(args.run_id)):
-            raise NotFoundError(
-                f"run {args.run_id!r} is not in {store.url}; runs there: {', '.join(store.list_runs()) or 'none'}"
-            )
+        store.require_run(args.run_id)
         print(f"run {args.run_id} is not locked")
         return 0
     if not is_stale(info) and not args.force:
@@ -369,11 +366,7 @@ def _repair(args: argparse.Namespace, store: Any):
 def cmd_repair(args: argparse.Namespace) -> int:
     store = _store(args.store)
     _run_id(args.run_id)
-    run_dir = store.path(store.run_uri(args.run_id))
-    if not store.fs.exists(run_dir):
-        raise NotFoundError(
-            f"run {args.run_id!r} is not in {store.url}; runs there: {', '.join(store.list_runs()) or 'none'}"
-        )
+    store.require_run(args.run_id, manifest=False)
     manifest = _repair(args, store)
     completed = sum(e.status == "completed" for e in manifest.entries)
     print(
