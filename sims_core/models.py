@@ -393,11 +393,19 @@ class _Reader:
 
 def gguf_metadata(path: str | os.PathLike[str], keys: Any = None) -> dict[str, Any]:
     """The key-value metadata of a GGUF file (only ``keys`` when given: reading stops once all
-    are found), parsed from its header without the gguf package or the tensors. A file that is
-    not GGUF, or whose header is damaged, is a `ModelLoadError` naming it."""
+    are found), parsed from its header without the gguf package or the tensors. A key
+    ``{arch}.name`` stands for ``name`` under the file's ``general.architecture`` (returned too),
+    in the same pass. A file that is not GGUF, or whose header is damaged, is a `ModelLoadError`
+    naming it."""
     path = Path(path)
-    wanted = set(keys) if keys is not None else None
+    names = None if keys is None else list(keys)
+    per_arch = {k.removeprefix("{arch}.") for k in names or () if k.startswith("{arch}.")}
+    plain = {k for k in names or () if not k.startswith("{arch}.")} | ({"general.architecture"} if per_arch else set())
     out: dict[str, Any] = {}
+
+    def wanted() -> set[str]:
+        return plain | {f"{out.get('general.architecture')}.{k}" for k in per_arch}
+
     with open(path, "rb") as handle:
         reader = _Reader(handle, path)
         magic = handle.read(4)
@@ -414,13 +422,13 @@ def gguf_metadata(path: str | os.PathLike[str], keys: Any = None) -> dict[str, A
         reader.unpack("<Q")  # tensor count
         for _ in range(reader.unpack("<Q")):
             key = reader.string()
-            keep = wanted is None or key in wanted
+            keep = names is None or key in plain or key.partition(".")[2] in per_arch
             value = reader.value(reader.unpack("<I"), keep)
             if keep:
                 out[key] = value
-                if wanted is not None and wanted <= set(out):
+                if names is not None and wanted() <= out.keys():
                     break
-    return out
+    return out if names is None else {k: v for k, v in out.items() if k in wanted()}
 
 
 @dataclass(frozen=True)
@@ -523,11 +531,11 @@ def _inspect_directory(source: str) -> ModelFacts:
 def _inspect_gguf(gguf: Path, label: str) -> ModelFacts:
     if not gguf.is_file():
         raise ModelLoadError(f"GGUF file {label!r} does not exist")
-    arch = gguf_metadata(gguf, ["general.architecture"]).get("general.architecture")
+    meta = gguf_metadata(gguf, ["{arch}.block_count", "{arch}.context_length", "{arch}.embedding_length"])
+    arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise ModelLoadError(f"GGUF file {label!r} does not say its architecture (general.architecture)")
     keys = [f"{arch}.block_count", f"{arch}.context_length", f"{arch}.embedding_length"]
-    meta = gguf_metadata(gguf, keys)
     cache = _gguf_cache_dir(gguf)
     tokenizer = (str(cache), None) if (cache / "tokenizer_config.json").is_file() else (str(gguf.parent), gguf.name)
     layers, context, hidden = (meta.get(k) for k in keys)
