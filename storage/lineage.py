@@ -81,28 +81,45 @@ class Lineage:
         except json.JSONDecodeError as exc:
             raise UserError(f"{self.uri('current.json')} is not valid JSON ({exc}); was it edited?") from None
 
-    def current_steering(self) -> bytes | None:
-        """The bytes of the current steering file, checked against the pointer's sha256 (a reader
-        that catches a promotion between the two files reads again)."""
+    def _current(self) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The pointer and the bytes of the current steering file, checked against the pointer's
+        sha256 (a reader that catches a promotion between the two files reads again)."""
         for _ in range(5):
             pointer = self.pointer()
             if pointer is None:
-                return None
+                return None, None
             data = self.store.read_bytes(self.uri("current.safetensors"))
             if hashlib.sha256(data).hexdigest() == pointer["sha256"]:
-                return data
+                return pointer, data
         raise UserError(
             f"{self.uri('current.safetensors')} does not match the sha256 its pointer current.json records; "
             f"was one of them edited? `sims lineage rollback {self.name}` republishes a recorded steering"
         )
 
-    def current_buffer(self) -> bytes | None:
-        if self.pointer() is None:
+    def current_steering(self) -> bytes | None:
+        """The bytes of the current steering file (see `_current`)."""
+        return self._current()[1]
+
+    def current_buffer(self, pointer: dict[str, Any] | None = None) -> bytes | None:
+        """The current memory bank (``pointer``: the current pointer, when already read)."""
+        if (pointer or self.pointer()) is None:
             return None
         try:
             return self.store.read_bytes(self.uri("current_buffer.parquet"))
         except NotFoundError:
             return None
+
+    def snapshot(self) -> tuple[dict[str, Any], bytes | None, bytes | None]:
+        """What a run advancing the lineage starts from, with one read of the pointer: the
+        snapshot (lineage name, ``current`` pointer, sorted ``used_prompt_ids``), the current
+        steering's bytes and its memory bank (both None before the first promotion)."""
+        pointer, steering = self._current()
+        bank = self.current_buffer(pointer) if pointer is not None else None
+        return (
+            {"lineage": self.name, "current": pointer, "used_prompt_ids": sorted(self.used_prompt_ids())},
+            steering,
+            bank,
+        )
 
     def used_prompt_ids(self) -> set[str]:
         """Every prompt id an earlier run of the lineage drew."""

@@ -10,12 +10,12 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core.errors import UserError
 from sims_core.evaluation import CONTROLS, Comparison, compare, sample_conditions
-from sims_core.hashing import canonical_hash
+from sims_core.generation import Generation
 from tasks.baseline import baseline_answers, eval_judge, eval_prompts, eval_seed
-from tasks.phase import PhaseContext, phase_logger, run_phase
+from tasks.phase import PhaseContext, phase_key, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
-__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
+__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "steered_answers", "summary_from_eval"]
 
 EVAL_FIELDS = (
     "judge",
@@ -90,7 +90,8 @@ def eval_phase(
             )
         comparisons = [Comparison("steered", texts, conditions["steered"], baseline, refs)]
         if previous_eval_uri is not None:
-            previous = _steered_answers(store.read_frame(previous_eval_uri, "eval"), texts, cfg.eval_samples)
+            previous_answers = steered_answers(store.read_frame(previous_eval_uri, "eval"), texts, cfg.eval_samples)
+            previous = [[a.text for a in answers] for answers in previous_answers]  # judged as text, as it always was
             comparisons.append(Comparison("previous_iteration", texts, conditions["steered"], previous, refs))
         for control in CONTROLS:
             if control in conditions:
@@ -132,32 +133,45 @@ def eval_phase(
         inputs["previous_eval"] = previous_eval_uri
     # An eval computed with controls also serves when none are asked (a finished run that is
     # extended keeps its old final iteration's evaluation and controls).
-    extra = {"controls": True} if with_controls or _has_controls(ctx, inputs) else {"controls": False}
+    extra = {"controls": True} if with_controls or _has_controls(ctx) else {"controls": False}
     result = run_phase(ctx, "eval", depends_on=EVAL_FIELDS, inputs=inputs, compute=compute, extra_key=extra)
     return result.state(result.uri)
 
 
-def _has_controls(ctx: PhaseContext, inputs: dict[str, str]) -> bool:
-    """Whether this iteration's eval artifact is fresh under the with-controls key."""
-    manifest = ctx.manifest()
-    entry = manifest.entry(ctx.iteration, "eval")
-    if entry is None or entry.status != "completed":
-        return False
-    key = canonical_hash({"config": ctx.config.hash_of(EVAL_FIELDS), "controls": True})[:16]
-    return entry.config_hash == key
+def _has_controls(ctx: PhaseContext) -> bool:
+    """Whether this iteration's eval artifact was completed under the with-controls key."""
+    entry = ctx.manifest().entry(ctx.iteration, "eval")
+    return (
+        entry is not None
+        and entry.status == "completed"
+        and entry.config_hash == phase_key(ctx, EVAL_FIELDS, {"controls": True})
+    )
 
 
-def _steered_answers(frame: pd.DataFrame, prompts: list[str], samples: int) -> list[list[str]]:
-    """Iteration t-1's steered answers to ``prompts`` (from its eval artifact), in sample order."""
+def steered_answers(frame: pd.DataFrame, prompts: list[str], samples: int) -> list[list[Generation]]:
+    """The steered answers to ``prompts`` that an eval artifact judged, in sample order (an
+    iteration's, read by the next one and by the promotion phase)."""
     part = frame[(frame["kind"] == "comparison") & (frame["condition"] == "steered")]
-    by_key = {(r.prompt, int(r.sample)): r.response for r in part.itertuples(index=False)}
+    by_key = {(r.prompt, int(r.sample)): r for r in part.itertuples(index=False)}
     missing = [p for p in prompts for s in range(samples) if (p, s) not in by_key]
     if missing:
         raise UserError(
             f"the previous iteration's evaluation lacks answers to {len(missing)} of these held-out prompts "
             f"(e.g. {missing[0][:60]!r}); was it evaluated with another eval split?"
         )
-    return [[by_key[(p, s)] for s in range(samples)] for p in prompts]
+    rows = [[by_key[(p, s)] for s in range(samples)] for p in prompts]
+    return [
+        [
+            Generation(
+                text=r.response,
+                num_tokens=int(r.response_tokens),
+                finish_reason=r.response_finish or "stop",
+                seed=int(r.seed) if pd.notna(r.seed) else 0,
+            )
+            for r in answers
+        ]
+        for answers in rows
+    ]
 
 
 def eval_table(summary: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:

@@ -21,11 +21,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.evaluation import Comparison, compare, sample_conditions
-from sims_core.generation import Generation
 from sims_core.promotion import promotion_decision
 from storage.lineage import Lineage
 from tasks.baseline import eval_judge, eval_prompts, eval_seed
-from tasks.eval import eval_table, summary_from_eval
+from tasks.eval import eval_table, steered_answers, summary_from_eval
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
@@ -39,44 +38,23 @@ def lineage_phase(ctx: PhaseContext) -> dict[str, str]:
     """Snapshot the lineage's current steering, memory bank and used prompt ids into the run."""
 
     def compute():
-        lineage = Lineage(ctx.store, ctx.config.lineage)
-        pointer = lineage.pointer()
-        used = sorted(lineage.used_prompt_ids())
-        out = {}
-        if pointer is not None:
-            out["steering"] = ctx.store.write_bytes(ctx.uri("steering", iteration=0), lineage.current_steering())
-            bank = lineage.current_buffer()
-            if bank is not None:
-                out["buffer"] = ctx.store.write_bytes(ctx.uri("buffer", iteration=0), bank)
-        snapshot = {"lineage": lineage.name, "current": pointer, "used_prompt_ids": used}
+        snapshot, steering, bank = Lineage(ctx.store, ctx.config.lineage).snapshot()
+        pointer, out = snapshot["current"], {}
+        if steering is not None:
+            out["steering"] = ctx.store.write_bytes(ctx.uri("steering", iteration=0), steering)
+        if bank is not None:
+            out["buffer"] = ctx.store.write_bytes(ctx.uri("buffer", iteration=0), bank)
         out["lineage"] = ctx.store.write_bytes(ctx.uri("lineage", ext="json", iteration=0), json.dumps(snapshot))
         phase_logger().info(
             "lineage %s: %s; %d prompt(s) drawn by earlier runs",
-            lineage.name,
+            snapshot["lineage"],
             f"starts from the steering of run {pointer['run_id']}" if pointer else "no current steering yet",
-            len(used),
+            len(snapshot["used_prompt_ids"]),
         )
         return out
 
     result = run_phase(ctx, "lineage", depends_on=("lineage",), inputs={}, compute=compute)
     return result.state(result.outputs)
-
-
-def _answers(eval_frame: pd.DataFrame, prompts: list[str], samples: int) -> list[list[Generation]]:
-    part = eval_frame[(eval_frame["kind"] == "comparison") & (eval_frame["condition"] == "steered")]
-    rows = {(r.prompt, int(r.sample)): r for r in part.itertuples(index=False)}
-    return [
-        [
-            Generation(
-                text=rows[(p, s)].response,
-                num_tokens=int(rows[(p, s)].response_tokens),
-                finish_reason=rows[(p, s)].response_finish or "stop",
-                seed=int(rows[(p, s)].seed) if pd.notna(rows[(p, s)].seed) else 0,
-            )
-            for s in range(samples)
-        ]
-        for p in prompts
-    ]
 
 
 @task(name="promotion", cache_policy=NO_CACHE)
@@ -110,7 +88,7 @@ def promotion_phase(
                     seed=eval_seed(cfg),
                     positions=cfg.positions,
                 )
-            candidate = _answers(evaluation, texts, cfg.eval_samples)
+            candidate = steered_answers(evaluation, texts, cfg.eval_samples)
             judge = runtime().oracle(judge_name, cfg.judge_options, lm)
             rows, summary_frame, _, _ = compare(
                 judge, [Comparison("vs_current", texts, candidate, current["steered"], refs)], seed=eval_seed(cfg)

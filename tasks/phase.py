@@ -22,7 +22,7 @@ from sims_core.config import SimsConfig
 from sims_core.hashing import canonical_hash
 from storage import ArtifactStore, Manifest, WrittenArtifact
 
-__all__ = ["PhaseContext", "PhaseResult", "phase_logger", "run_phase", "shard_inputs"]
+__all__ = ["PhaseContext", "PhaseResult", "phase_key", "phase_logger", "run_phase", "shard_inputs"]
 
 
 def phase_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -90,6 +90,14 @@ class PhaseResult:
         return Completed(name="Cached", message=self.reason, data=value)
 
 
+def phase_key(ctx: PhaseContext, depends_on: Iterable[str], extra_key: Mapping[str, Any] | None = None) -> str:
+    """The config hash `run_phase` records for a phase (see its arguments)."""
+    config_hash = ctx.config.hash_of(depends_on)
+    if extra_key:
+        config_hash = canonical_hash({"config": config_hash, **dict(extra_key)})[:16]
+    return config_hash
+
+
 def run_phase(
     ctx: PhaseContext,
     phase: str,
@@ -110,9 +118,7 @@ def run_phase(
     log = phase_logger()
     store = ctx.store
     manifest = ctx.manifest()
-    config_hash = ctx.config.hash_of(depends_on)
-    if extra_key:
-        config_hash = canonical_hash({"config": config_hash, **dict(extra_key)})[:16]
+    config_hash = phase_key(ctx, depends_on, extra_key)
     input_hashes = {name: store.content_hash(uri) for name, uri in sorted(inputs.items())}
     manifest.verify_inputs(inputs, input_hashes)
     fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
