@@ -4,9 +4,9 @@ The new steering and the current one answer the same held-out prompts with the s
 seeds; the evaluation judge compares them pair by pair (`sims_core.evaluation.summarize`). The
 rule decides from that summary:
 
-- ``"significant"`` (default): promote when the 95% interval of the number the verdict rests on
-  (the paired score effect when the judge's scores are comparable, else the win rate) lies above
-  no difference (0, or 50%): the new steering is measurably better.
+- ``"significant"`` (default): promote when the summary's verdict is "steered better": the 95%
+  interval of the number it rests on (the paired score effect when the judge's scores are
+  comparable, else the win rate) lies above no difference (0, or 50%).
 - ``"win_rate"``: promote when the win rate is above ``threshold`` (e.g. 0.5: better more often
   than not, without asking for significance).
 - ``"always"``: promote every run (the gate only records the comparison).
@@ -14,11 +14,11 @@ rule decides from that summary:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from sims_core.errors import ConfigError
+from sims_core.evaluation import VERDICTS
 
 __all__ = ["PROMOTION_RULES", "promotion_decision"]
 
@@ -42,17 +42,15 @@ def promotion_decision(
             ok,
             f"{verb}: {shown_rate} is {'above' if ok else 'not above'} the threshold {threshold:.1%} (rule 'win_rate')",
         )
-    effect = summary.get("effect", math.nan)
-    if summary.get("verdict_basis") == "paired_effect" and not math.isnan(effect):
-        e_low, e_high = summary["effect_ci_low"], summary["effect_ci_high"]
-        ok = e_low > 0
+    ok = str(summary["verdict"]).startswith(VERDICTS[0])  # the interval the verdict rests on lies above no difference
+    if summary.get("verdict_basis") == "paired_effect":
+        effect, e_low, e_high = summary["effect"], summary["effect_ci_low"], summary["effect_ci_high"]
         shown = f"paired score effect {effect:+.4f} (95% CI {e_low:+.4f} to {e_high:+.4f}) vs {against}; {shown_rate}"
         return ok, (
             f"promoted: {shown}: its interval is above 0"
             if ok
             else f"kept {against}: {shown}: its interval does not exclude 0 or lies below it (rule 'significant')"
         )
-    ok = low > 0.5
     return ok, (
         f"promoted: {shown_rate} vs {against}: its interval is above 50%"
         if ok

@@ -10,7 +10,9 @@ from sims_core.promotion import promotion_decision
 
 def summary(win_rate, ci, effect=None, effect_ci=None, n=300):
     basis = "paired_effect" if effect is not None else "win_rate"
-    row = {"win_rate": win_rate, "ci_low": ci[0], "ci_high": ci[1], "n": n, "verdict_basis": basis}
+    low, null = (effect_ci[0], 0.0) if effect is not None else (ci[0], 0.5)
+    verdict = "steered better" if low > null else "no measured difference or worse"  # as summarize says it
+    row = {"win_rate": win_rate, "ci_low": ci[0], "ci_high": ci[1], "n": n, "verdict_basis": basis, "verdict": verdict}
     if effect is not None:
         row |= {"effect": effect, "effect_ci_low": effect_ci[0], "effect_ci_high": effect_ci[1]}
     return row
