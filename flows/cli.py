@@ -415,18 +415,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="the phase table of a run")
     status.add_argument("run_id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     status.set_defaults(func=cmd_status)
 
     runs = sub.add_parser("runs", help="list the runs in a store")
-    runs.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     runs.set_defaults(func=cmd_runs)
 
     ev = sub.add_parser("eval", help="the evaluation summary of a run's iteration")
     ev.add_argument("run_id")
     ev.add_argument("--iteration", type=int, help="default: the latest evaluated iteration")
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     ev.set_defaults(func=cmd_eval)
 
     export = sub.add_parser("export", help="export a steering file, DPO pairs or a GGUF control vector")
@@ -435,24 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="output path (.safetensors or dir; .parquet/.jsonl; .gguf)")
     export.add_argument("--iteration", type=int, help="default: the latest iteration")
     export.add_argument("--force", action="store_true", help="replace --out if it exists (atomically)")
-    export.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     export.set_defaults(func=cmd_export)
     unlock = sub.add_parser("unlock", help="remove a run's lock left by a process that no longer runs")
     unlock.add_argument("run_id")
     unlock.add_argument("--force", action="store_true", help="remove it even if its holder may still be running")
-    unlock.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     unlock.set_defaults(func=cmd_unlock)
 
     repair = sub.add_parser("repair", help="rebuild a damaged manifest from the run's artifacts and their hashes")
     repair.add_argument("run_id")
-    repair.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     repair.set_defaults(func=cmd_repair)
     lineage = sub.add_parser("lineage", help="a lineage's history, or roll its current steering back")
     lineage_sub = lineage.add_subparsers(dest="lineage_command", required=True)
     lineage_status = lineage_sub.add_parser("status", help="one row per run: prompts, comparison, promoted or not")
     lineage_status.add_argument("name")
     lineage_status.add_argument("--json", action="store_true", help="machine-readable output")
-    lineage_status.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     lineage_status.set_defaults(func=cmd_lineage_status)
     rollback = lineage_sub.add_parser("rollback", help="make an earlier promoted steering current again")
     rollback.add_argument("name")
@@ -461,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RUN_ID",
         help="the run whose steering becomes current (default: the one promoted before the current one)",
     )
-    rollback.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     rollback.set_defaults(func=cmd_lineage_rollback)
+    for command in (status, runs, ev, export, unlock, repair, lineage_status, rollback):  # last in their --help
+        command.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     return parser
 
 
