@@ -56,23 +56,17 @@ def activations_phase(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards
                 chunk = pairs.iloc[group]
                 prompts = chunk["prompt"].tolist()
                 ids = chunk["pair_id"].tolist()
-                chosen = capture_activations(
-                    lm,
-                    prompts,
-                    chunk["chosen"].tolist(),
-                    layers,
-                    pooling=pooling,
-                    batch_size=cfg.batch_size,
-                    progress=False,
-                )
-                rejected = capture_activations(
-                    lm,
-                    prompts,
-                    chunk["rejected"].tolist(),
-                    layers,
-                    pooling=pooling,
-                    batch_size=cfg.batch_size,
-                    progress=False,
+                chosen, rejected = (
+                    capture_activations(
+                        lm,
+                        prompts,
+                        chunk[side].tolist(),
+                        layers,
+                        pooling=pooling,
+                        batch_size=cfg.batch_size,
+                        progress=False,
+                    )
+                    for side in ("chosen", "rejected")
                 )
                 for layer in layers:
                     if not per_token:
