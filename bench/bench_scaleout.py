@@ -131,15 +131,7 @@ def main() -> None:
             f"2 workers / threads engine: {medians['threads'] / medians['dask-2-workers']:.2f}x"
         )
 
-        light = SimsConfig(
-            model=model,
-            num_prompts=16,
-            num_samples=2,
-            max_new_tokens=1,
-            batch_size=2,
-            shards=16,
-            engine_options={"retries": 0},
-        )
+        light = heavy.replace(num_prompts=16, num_samples=2, max_new_tokens=1, batch_size=2, shards=16)
         direct = direct_time(light, str(work / "store-direct"))
         print(
             f"overhead: {light.shards} shards of one prompt, two 1-token answers; direct calls {direct:.2f} s "

@@ -32,7 +32,6 @@ from _shared import PROMPTS, no_stop  # noqa: E402
 from sims_core import capture_activations, generate, load_model, steer  # noqa: E402
 from sims_core.steering import align_pairs, fit_steering  # noqa: E402
 from sims_core.steering.hpr import HPR, _HPRNet, angle_between, hpr_loss, pseudo_rotate  # noqa: E402
-from sims_core.steering.training import train_pairs  # noqa: E402
 
 GOOD = [
     "The capital of France is Paris, a city known for its art and history.",
@@ -62,71 +61,37 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def dense_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> None:
-    """The baseline: HPR's training step plus a d x d Householder matrix built from w and applied
-    to the batch every step (what an implementation with an explicit matrix computes)."""
-    cfg = HPR().config
-    net = _HPRNet(pos.shape[1], cfg.depth, cfg.activation)
+def _hpr_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int, reflect) -> None:
+    """HPR's training step (its loss and `train` with its options) plus ``reflect(x, w)`` of the
+    batch ``x`` by the probe's weights ``w`` at every step."""
+    learner = HPR()
+    net = _HPRNet(pos.shape[1], learner.config.depth, learner.config.activation)
     target = angle_between(neg, pos)
     n = pos.shape[0]
     ones, zeros = torch.ones(n), torch.zeros(n)
-    eye = torch.eye(pos.shape[1])
 
     def loss_fn(index):
         x = torch.cat([pos[index], neg[index]])
         logits, angles = net(x)
-        w = net.probe.weight[0]
-        householder = eye - 2.0 * torch.outer(w, w) / (w @ w)
-        reflected = x @ householder.T  # d x d: O(d^2) per vector
+        reflected = reflect(x, net.probe.weight[0])
         loss = hpr_loss(
             logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]])
         )
         return loss + 0.0 * reflected.sum()
 
-    train_pairs(
-        net,
-        n,
-        loss_fn,
-        lr=cfg.lr,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        warmup=cfg.warmup,
-        schedule=cfg.schedule,
-        seed=seed,
-        on_step=lambda k: None,
-    )
+    learner.train(net, n, loss_fn, seed=seed, on_step=lambda k: None)
+
+
+def dense_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> None:
+    """The baseline: HPR's training step plus a d x d Householder matrix built from w and applied
+    to the batch every step (what an implementation with an explicit matrix computes)."""
+    eye = torch.eye(pos.shape[1])
+    _hpr_fit(pos, neg, seed, lambda x, w: x @ (eye - 2.0 * torch.outer(w, w) / (w @ w)).T)  # d x d: O(d^2) per vector
 
 
 def ours_with_reflection_fit(pos: torch.Tensor, neg: torch.Tensor, seed: int) -> None:
     """Like-for-like with the baseline: the same step plus an O(d) reflection of the batch."""
-    cfg = HPR().config
-    net = _HPRNet(pos.shape[1], cfg.depth, cfg.activation)
-    target = angle_between(neg, pos)
-    n = pos.shape[0]
-    ones, zeros = torch.ones(n), torch.zeros(n)
-
-    def loss_fn(index):
-        x = torch.cat([pos[index], neg[index]])
-        logits, angles = net(x)
-        w = net.probe.weight[0]
-        reflected = x - (2.0 * (x @ w) / (w @ w)).unsqueeze(-1) * w
-        loss = hpr_loss(
-            logits, angles, torch.cat([ones[index], zeros[index]]), torch.cat([zeros[index], target[index]])
-        )
-        return loss + 0.0 * reflected.sum()
-
-    train_pairs(
-        net,
-        n,
-        loss_fn,
-        lr=cfg.lr,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        warmup=cfg.warmup,
-        schedule=cfg.schedule,
-        seed=seed,
-        on_step=lambda k: None,
-    )
+    _hpr_fit(pos, neg, seed, lambda x, w: x - (2.0 * (x @ w) / (w @ w)).unsqueeze(-1) * w)
 
 
 def bench_fit(pairs: int, repeats: int) -> None:
