@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import uuid
 
 import pytest
@@ -45,6 +46,34 @@ def embedded_lm():
     from sims_core import load_model
 
     return load_model("embedded")
+
+
+@pytest.fixture
+def importable_module(tmp_path, monkeypatch):
+    """``write(name, source)``: a module of the user's own code, importable as ``name`` during the
+    test (forgotten after it); returns ``name``."""
+    written = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        written.append(name)
+        return name
+
+    yield write
+    for name in written:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def no_installed_packages(monkeypatch):
+    """importlib.metadata finds no installed distribution, as if every package looked up were missing."""
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
 
 
 # -- a real S3 API on loopback: moto's server, one bucket per test -------------------------

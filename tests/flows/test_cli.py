@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from cli_args import TWO_BATCH_RUN, one_iteration_config, set_args
 
 from flows.cli import main
 from flows.self_improve import self_improve
@@ -15,19 +16,7 @@ from sims_core.steering import SteeringSet
 @pytest.fixture(scope="module")
 def finished_run(prefect_harness, tiny_model_dir, tmp_path_factory):
     store = str(tmp_path_factory.mktemp("cli") / "runs")
-    config = {
-        "model": tiny_model_dir,
-        "store": store,
-        "iterations": 1,
-        "num_prompts": 4,
-        "num_samples": 2,
-        "max_new_tokens": 6,
-        "max_eval_prompts": 3,
-        "max_val_prompts": 2,
-        "eval_samples": 1,
-        "alphas": [2.0],
-        "controls": False,
-    }
+    config = one_iteration_config(tiny_model_dir, store=store, alphas=[2.0])
     result = self_improve(run_id="cli-run", config=config)
     return store, result
 
@@ -55,26 +44,7 @@ def test_run_with_shards_from_the_command_line(prefect_harness, tiny_model_dir, 
         store,
         "--shards",
         "2",
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        "iterations=1",
-        "--set",
-        "num_prompts=4",
-        "--set",
-        "num_samples=2",
-        "--set",
-        "max_new_tokens=4",
-        "--set",
-        "max_eval_prompts=2",
-        "--set",
-        "max_val_prompts=2",
-        "--set",
-        "eval_samples=1",
-        "--set",
-        "controls=false",
-        "--set",
-        "batch_size=4",  # 2 prompts per generation batch: 2 batches, one per shard
+        *set_args(model=tiny_model_dir, **TWO_BATCH_RUN),
     ]
     assert main(argv) == 0
     assert "held-out win rate" in capsys.readouterr().out
@@ -174,26 +144,7 @@ def test_sims_run_on_a_local_dask_cluster_as_a_user_runs_it(tiny_model_dir, tmp_
         "dask",
         "--set",
         "engine_options={n_workers: 2, retries: 0}",
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        "iterations=1",
-        "--set",
-        "num_prompts=4",
-        "--set",
-        "num_samples=2",
-        "--set",
-        "max_new_tokens=4",
-        "--set",
-        "max_eval_prompts=2",
-        "--set",
-        "max_val_prompts=2",
-        "--set",
-        "eval_samples=1",
-        "--set",
-        "controls=false",
-        "--set",
-        "batch_size=4",  # 2 prompts per generation batch: 2 batches, one per shard
+        *set_args(model=tiny_model_dir, **TWO_BATCH_RUN),
     ]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_args import set_args
 
 import storage.store as store_module
 from flows.cli import main
@@ -52,14 +53,7 @@ def run_args(tiny_model_dir, tmp_path):
         "r1",
         "--store",
         str(tmp_path / "runs"),
-        "--set",
-        f"model={tiny_model_dir}",
-        "--set",
-        "num_prompts=4",
-        "--set",
-        "num_samples=2",
-        "--set",
-        "max_new_tokens=4",
+        *set_args(model=tiny_model_dir, num_prompts=4, num_samples=2, max_new_tokens=4),
     ]
 
 
@@ -71,15 +65,14 @@ def prompt_file(tmp_path: Path, prompts: list[str], name: str = "prompts.jsonl")
 
 # ------------------------------------------------------------------ oracles and judges
 @pytest.fixture
-def user_module(tmp_path, monkeypatch):
+def user_module(importable_module):
     """A module of the user's own scoring functions, importable as `sims_user_scores`."""
-    (tmp_path / "sims_user_scores.py").write_text(
+    return importable_module(
+        "sims_user_scores",
         "def one_list(prompts, candidates):\n    return [[1.0, 0.0]]\n\n"
         "def words(prompt, answer):\n    return 'good'\n\n"
-        "def fine(prompt, answer):\n    return float(len(answer))\n"
+        "def fine(prompt, answer):\n    return float(len(answer))\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "sims_user_scores"
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cli_args import set_args
 
 ROOT = Path(__file__).resolve().parents[2]
 SIMS = str(Path(sys.executable).with_name("sims"))
@@ -54,8 +55,12 @@ def run_args(tiny_model_dir: str, store: Path, run_id: str) -> list[str]:
         "eval_samples": 1,
         "controls": "false",
     }
-    sets = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    return [SIMS, "run", "--run-id", run_id, "--store", str(store), *sets]
+    return [SIMS, "run", "--run-id", run_id, "--store", str(store), *set_args(**settings)]
+
+
+def run_to_end(argv: list[str], cwd: Path, home: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run a command in ``cwd`` with `sims_env`, its output captured as text."""
+    return subprocess.run(argv, cwd=cwd, env=sims_env(home), capture_output=True, text=True, timeout=timeout)
 
 
 def wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float = 300) -> None:
@@ -118,14 +123,7 @@ def test_a_signal_stops_the_run_releases_the_lock_and_leaves_no_process(
     assert not (store / run_id / "run.lock").exists()
 
     if signum == signal.SIGTERM:  # the interrupted run resumes to its end
-        done = subprocess.run(
-            [SIMS, "resume", run_id, "--store", str(store)],
-            cwd=tmp_path,
-            env=sims_env(prefect_home),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = run_to_end([SIMS, "resume", run_id, "--store", str(store)], tmp_path, prefect_home)
         assert done.returncode == 0, done.stderr[-3000:]
         assert f"run {run_id} finished" in done.stdout
 
@@ -133,14 +131,7 @@ def test_a_signal_stops_the_run_releases_the_lock_and_leaves_no_process(
 def test_a_user_error_inside_the_flow_is_one_sentence_and_exit_2(tiny_model_dir, tmp_path, prefect_home):
     """min_margin too high for any pair: only the buffer phase can tell, after generation."""
     argv = [*run_args(tiny_model_dir, tmp_path / "runs", "margin"), "--set", "max_new_tokens=4"]
-    done = subprocess.run(
-        [*argv, "--set", "min_margin=1000000"],
-        cwd=tmp_path,
-        env=sims_env(prefect_home),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_to_end([*argv, "--set", "min_margin=1000000"], tmp_path, prefect_home)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("sims run: error: ")]
@@ -150,13 +141,8 @@ def test_a_user_error_inside_the_flow_is_one_sentence_and_exit_2(tiny_model_dir,
 
 
 def test_a_user_mistake_in_the_installed_script_is_one_line(tmp_path, prefect_home):
-    done = subprocess.run(
-        [SIMS, "run", "--store", str(tmp_path / "runs"), "--set", "dtype=float8"],
-        cwd=tmp_path,
-        env=sims_env(prefect_home),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = run_to_end(
+        [SIMS, "run", "--store", str(tmp_path / "runs"), "--set", "dtype=float8"], tmp_path, prefect_home, 300
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == [

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_args import SHORTEST
 from task_runs import computed_since, executions
 from test_cli_errors import files_under, refused
 
@@ -29,12 +30,7 @@ def finished(prefect_harness, tiny_model_dir, tmp_path_factory):
         "model": tiny_model_dir,
         "store": str(store),
         "iterations": 2,
-        "num_prompts": 4,
-        "num_samples": 2,
-        "max_new_tokens": 4,
-        "max_eval_prompts": 2,
-        "max_val_prompts": 2,
-        "eval_samples": 1,
+        **SHORTEST,
         "alphas": [2.0],
         "controls": False,
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_args import one_iteration_config
 from prefect_server import PREFECT, ROOT, run_worker_once
 from prefect_server import prefect_cli as _prefect
 
@@ -34,18 +35,7 @@ def test_deploy_from_prefect_yaml_and_run_on_a_process_worker(prefect_server, ti
     assert "'lineage': 'nightly'" in inspected and "'lineage_prompts': 200" in inspected
 
     store = str(tmp_path / "runs")
-    config = {
-        "model": tiny_model_dir,
-        "store": store,
-        "iterations": 1,
-        "num_prompts": 4,
-        "num_samples": 2,
-        "max_new_tokens": 6,
-        "max_eval_prompts": 3,
-        "max_val_prompts": 2,
-        "eval_samples": 1,
-        "controls": False,
-    }
+    config = one_iteration_config(tiny_model_dir, store=store)
     out = _prefect(
         env,
         "deployment",

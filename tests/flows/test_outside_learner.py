@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import pytest
 import torch
+from cli_args import one_iteration_config
 
 import sims_core.steering.learners as learners
 from flows.cli import main
@@ -71,18 +72,7 @@ def test_an_entry_point_learner_runs_from_the_cli_and_exports(
     outside_learner, prefect_harness, tiny_model_dir, tmp_path, capsys
 ):
     store = str(tmp_path / "runs")
-    settings = {
-        "model": tiny_model_dir,
-        "learner": "half_mean_diff",
-        "iterations": 1,
-        "num_prompts": 4,
-        "num_samples": 2,
-        "max_new_tokens": 6,
-        "max_eval_prompts": 3,
-        "max_val_prompts": 2,
-        "controls": False,
-        "best_of_n": 0,
-    }
+    settings = one_iteration_config(tiny_model_dir, learner="half_mean_diff", best_of_n=0)
     argv = ["run", "--run-id", "outside", "--store", store]
     for key, value in settings.items():
         argv += ["--set", f"{key}={json.dumps(value)}"]

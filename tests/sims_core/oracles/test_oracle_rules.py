@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
 from sims_core.oracles import OracleError, get_oracle
 
 
 @pytest.fixture()
-def rules_module(tmp_path, monkeypatch):
-    (tmp_path / "my_sims_rules.py").write_text(
+def rules_module(importable_module):
+    return importable_module(
+        "my_sims_rules",
         "def length(prompt, answer):\n    return float(len(answer))\n\n"
         "def mentions(prompts, candidates):\n    return [[float(p.split()[0] in a) for a in g] for p, g in zip(prompts, candidates)]\n\n"
-        "def broken(prompt, answer):\n    return float('nan')\n\nNOT_CALLABLE = 3\n"
+        "def broken(prompt, answer):\n    return float('nan')\n\nNOT_CALLABLE = 3\n",
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    yield "my_sims_rules"
-    sys.modules.pop("my_sims_rules", None)
 
 
 def test_callable_by_path_scores_each_answer(rules_module):
