@@ -28,7 +28,7 @@ import json
 import math
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -379,39 +379,28 @@ class Manifest:
         """The URI of a recorded output after checking it is the file the phase wrote: an
         `ArtifactMissingError` or `ArtifactModifiedError` naming the file otherwise."""
         c = self.check_output(iteration, phase, name)
+        where = f"iteration {iteration} {phase!r} of run {self.run_id!r}"
         if c.state == "missing":
-            raise ArtifactMissingError(
-                f"{c.uri} is missing: {self._where(iteration, phase)} recorded it; resume the run to compute it again"
-            )
+            raise ArtifactMissingError(f"{c.uri} is missing: {where} recorded it; resume the run to compute it again")
         if c.state == "modified":
-            raise self._modified(c.uri, iteration, phase, c.recorded, c.sha256)
+            raise ArtifactModifiedError(
+                f"{c.uri} changed after {where} wrote it (sha256 {_short(c.recorded)} recorded, {_short(c.sha256)} "
+                "now); resume the run to compute it again"
+            )
         return c.uri
 
-    def verify_inputs(self, inputs: Mapping[str, str], hashes: Mapping[str, str]) -> None:
-        """Refuse to read an input artifact (name -> URI, ``hashes`` name -> its sha256 now) that
-        changed after the phase that wrote it recorded it: an `ArtifactModifiedError` naming the
-        file and the phase. Inputs this manifest does not record (nothing to compare with) pass."""
+    def verify_inputs(self, uris: Iterable[str]) -> None:
+        """Check, with `verified_uri`, each of ``uris`` that a completed phase of this run recorded
+        as an output (inputs it does not record have nothing to be compared with)."""
         recorded = {
-            self.store.run_uri(self.run_id, out.uri): (entry, out.sha256)
+            self.store.run_uri(self.run_id, out.uri): (entry.iteration, entry.phase, name)
             for entry in self.entries
             if entry.status == "completed"
-            for out in entry.outputs.values()
+            for name, out in entry.outputs.items()
         }
-        for name, uri in inputs.items():
-            entry, sha = recorded.get(uri, (None, None))
-            if entry is not None and sha is not None and sha != hashes[name]:
-                raise self._modified(uri, entry.iteration, entry.phase, sha, hashes[name])
-
-    def _where(self, iteration: int, phase: str) -> str:
-        return f"iteration {iteration} {phase!r} of run {self.run_id!r}"
-
-    def _modified(
-        self, uri: str, iteration: int, phase: str, recorded: str | None, now: str | None
-    ) -> ArtifactModifiedError:
-        return ArtifactModifiedError(
-            f"{uri} changed after {self._where(iteration, phase)} wrote it (sha256 {_short(recorded)} recorded, "
-            f"{_short(now)} now); resume the run to compute it again"
-        )
+        for uri in uris:
+            if uri in recorded:
+                self.verified_uri(*recorded[uri])
 
     def read_frame(self, iteration: int, phase: str, schema_name: str, name: str | None = None) -> Any:
         """A recorded Parquet output as a DataFrame, verified first (see `verified_uri`)."""

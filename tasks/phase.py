@@ -120,7 +120,7 @@ def run_phase(
     manifest = ctx.manifest()
     config_hash = phase_key(ctx, depends_on, extra_key)
     input_hashes = {name: store.content_hash(uri) for name, uri in sorted(inputs.items())}
-    manifest.verify_inputs(inputs, input_hashes)
+    manifest.verify_inputs(inputs.values())
     fresh, reason = manifest.is_fresh(ctx.iteration, phase, config_hash, input_hashes)
     if fresh:
         entry = manifest.entry(ctx.iteration, phase)
