@@ -191,15 +191,10 @@ class RunLock:
                     f"taking over the lock of run {self.run_id!r} held by {current.describe()} (force=True)",
                     stacklevel=2,
                 )
-                self._overwrite(info)
+                self.store.write_bytes(self.uri, info.to_json())
                 self.info = info
                 return info
-            if (
-                self.take_over_dead
-                and current.hostname == info.hostname
-                and current.pid != info.pid
-                and not pid_alive(current.pid)
-            ):
+            if self.take_over_dead and is_stale(current):
                 warnings.warn(
                     f"taking over the stale lock of run {self.run_id!r} left by {current.describe()}: "
                     "that process is no longer running",
@@ -274,9 +269,6 @@ class RunLock:
         fs.invalidate_cache(path)
         back = read_lock(self.store, self.run_id)
         return back is not None and back.token == info.token
-
-    def _overwrite(self, info: LockInfo) -> None:
-        self.store.write_bytes(self.uri, info.to_json())
 
     def _remove_if(self, expected: LockInfo) -> bool:
         """Remove the lock only if it is still ``expected``; True if removed."""
