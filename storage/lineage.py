@@ -115,26 +115,21 @@ class Lineage:
         steering's bytes and its memory bank (both None before the first promotion)."""
         pointer, steering = self._current()
         bank = self.current_buffer(pointer) if pointer is not None else None
-        return (
-            {"lineage": self.name, "current": pointer, "used_prompt_ids": sorted(self.used_prompt_ids())},
-            steering,
-            bank,
-        )
+        used = sorted(self.used_prompt_ids())
+        return {"lineage": self.name, "current": pointer, "used_prompt_ids": used}, steering, bank
+
+    def _records(self, folder: str) -> list[dict[str, Any]]:
+        """The JSON files in one of the lineage's folders (``used``, ``nights``), in name order."""
+        paths = sorted(self.store.fs.glob(self.store._join(LINEAGES_DIR, self.name, folder, "*.json")))
+        return [json.loads(self.store.fs.cat_file(path)) for path in paths]
 
     def used_prompt_ids(self) -> set[str]:
         """Every prompt id an earlier run of the lineage drew."""
-        used: set[str] = set()
-        for path in sorted(self.store.fs.glob(self.store._join(LINEAGES_DIR, self.name, "used", "*.json"))):
-            used |= set(json.loads(self.store.fs.cat_file(path))["prompt_ids"])
-        return used
+        return {pid for record in self._records("used") for pid in record["prompt_ids"]}
 
     def nights(self) -> list[dict[str, Any]]:
         """One record per run (oldest first): run, time, prompts, comparison, decision, reason."""
-        records = [
-            json.loads(self.store.fs.cat_file(path))
-            for path in self.store.fs.glob(self.store._join(LINEAGES_DIR, self.name, "nights", "*.json"))
-        ]
-        return sorted(records, key=lambda r: (r.get("recorded_at", ""), r.get("run_id", "")))
+        return sorted(self._records("nights"), key=lambda r: (r.get("recorded_at", ""), r.get("run_id", "")))
 
     def night(self, run_id: str) -> dict[str, Any] | None:
         try:

@@ -68,7 +68,6 @@ from .schemas import check_schema, conform_table, fill_optional
 if TYPE_CHECKING:
     from .activations import ActivationReader, ActivationWriter
     from .lock import RunLock
-    from .manifest import Manifest
 
 __all__ = ["DEFAULT_STORE_URL", "ArtifactStore", "WrittenArtifact"]
 
@@ -407,13 +406,12 @@ class ArtifactStore:
     def require_run(self, run_id: str, *, manifest: bool = True) -> None:
         """A `NotFoundError` listing the runs here when ``run_id`` has no manifest in this store
         (``manifest=False``: no folder at all, for a run whose manifest may be lost)."""
-        if manifest:
-            there = self.exists(self.manifest_uri(run_id))
-        else:
-            there = self.fs.exists(self._join(validate_run_id(run_id)))
-        if not there:
-            runs = ", ".join(self.list_runs()) or "none"
-            raise NotFoundError(f"run {run_id!r} is not in {self.url}; runs there: {runs}")
+        if not (
+            self.exists(self.manifest_uri(run_id)) if manifest else self.fs.exists(self._join(validate_run_id(run_id)))
+        ):
+            raise NotFoundError(
+                f"run {run_id!r} is not in {self.url}; runs there: {', '.join(self.list_runs()) or 'none'}"
+            )
 
     # ------------------------------------------------------------ bytes and tables
     @contextlib.contextmanager
@@ -550,12 +548,6 @@ class ArtifactStore:
         return np.concatenate(chosen_parts)[order], np.concatenate(rejected_parts)[order], [ids[i] for i in order]
 
     # ------------------------------------------------------------ run-level objects and upkeep
-    def manifest(self, run_id: str) -> Manifest:
-        """The run's manifest (a `NotFoundError` listing the runs here if the run has none)."""
-        from .manifest import Manifest
-
-        return Manifest.load(self, run_id)
-
     def lock(self, run_id: str, holder: str, **kwargs: Any) -> RunLock:
         from .lock import RunLock
 
