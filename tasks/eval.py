@@ -15,7 +15,7 @@ from tasks.baseline import baseline_answers, eval_judge, eval_prompts, eval_seed
 from tasks.phase import PhaseContext, phase_key, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
-__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "steered_answers", "summary_from_eval"]
+__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
 
 EVAL_FIELDS = (
     "judge",
