@@ -4,6 +4,8 @@ iteration-over-iteration comparison, controls and the best-of-N line."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -159,19 +161,14 @@ def steered_answers(frame: pd.DataFrame, prompts: list[str], samples: int) -> li
             f"the previous iteration's evaluation lacks answers to {len(missing)} of these held-out prompts "
             f"(e.g. {missing[0][:60]!r}); was it evaluated with another eval split?"
         )
-    rows = [[by_key[(p, s)] for s in range(samples)] for p in prompts]
-    return [
-        [
-            Generation(
-                text=r.response,
-                num_tokens=int(r.response_tokens),
-                finish_reason=r.response_finish or "stop",
-                seed=int(r.seed) if pd.notna(r.seed) else 0,
-            )
-            for r in answers
-        ]
-        for answers in rows
-    ]
+
+    def answer(r: Any) -> Generation:
+        seed = int(r.seed) if pd.notna(r.seed) else 0
+        return Generation(
+            text=r.response, num_tokens=int(r.response_tokens), finish_reason=r.response_finish or "stop", seed=seed
+        )
+
+    return [[answer(by_key[(p, s)]) for s in range(samples)] for p in prompts]
 
 
 def eval_table(summary: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
