@@ -29,6 +29,7 @@ __all__ = [
     "REPORT_NAME",
     "validate_run_id",
     "validate_phase",
+    "validate_iteration",
     "iteration_dir",
     "artifact_relpath",
     "phase_sort_key",
@@ -80,14 +81,14 @@ def validate_phase(phase: str) -> str:
     return phase
 
 
-def _validate_iteration(iteration: int) -> int:
+def validate_iteration(iteration: int) -> int:
     if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
         raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
     return iteration
 
 
 def iteration_dir(iteration: int) -> str:
-    return f"iter={_validate_iteration(iteration)}"
+    return f"iter={validate_iteration(iteration)}"
 
 
 def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:

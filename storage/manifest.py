@@ -37,7 +37,7 @@ from sims_core.errors import NotFoundError
 from sims_core.hashing import json_default
 
 from .errors import ArtifactMissingError, ArtifactModifiedError, ManifestDamagedError, UnsafeURIError
-from .layout import phase_sort_key, split_shard_phase, validate_phase, validate_run_id
+from .layout import phase_sort_key, split_shard_phase, validate_iteration, validate_phase, validate_run_id
 from .store import ArtifactStore, WrittenArtifact
 
 __all__ = ["MANIFEST_FORMAT", "STATUSES", "Manifest", "OutputCheck", "OutputRecord", "PhaseEntry"]
@@ -114,8 +114,7 @@ def _is_shard(phase: str) -> bool:
 
 
 def _check_key(iteration: int, phase: str) -> None:
-    if isinstance(iteration, bool) or not isinstance(iteration, int) or iteration < 0:
-        raise ValueError(f"iteration must be an int >= 0, got {iteration!r}")
+    validate_iteration(iteration)
     validate_phase(phase)
 
 
