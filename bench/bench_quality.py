@@ -41,7 +41,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "hpr": ("HPR instead of mean difference", {"learner": "hpr"}),
     "no_memory": ("memory bank off", {"memory": False}),
     "val_32": ("strength selection on 32 validation prompts", {"max_val_prompts": 32}),
-    "embedding": ("embedding-relevance training oracle (the default before the sweep)", {"oracle": "embedding"}),
+    "consensus": ("consensus (MBR) training oracle", {"oracle": "consensus"}),
 }
 
 

@@ -179,9 +179,7 @@ class SimsConfig(BaseModel):
     top_p: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.95
     batch_size: Count = 32
     # oracle and pairs
-    oracle: Text = Field(
-        "consensus", description="the training oracle (any registered oracle; consensus measured best, README)"
-    )
+    oracle: Text = Field("embedding", description="the training oracle (any registered oracle)")
     oracle_options: Options = Field(default_factory=dict)
     pair_strategy: Literal["best_worst", "top_bottom"] = "best_worst"
     pairs_per_prompt: Count = 1
