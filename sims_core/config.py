@@ -309,6 +309,12 @@ class SimsConfig(BaseModel):
                 f"pairs_per_prompt={self.pairs_per_prompt} needs at least {2 * self.pairs_per_prompt} samples per "
                 f"prompt with pair_strategy='top_bottom', but num_samples={self.num_samples}"
             )
+        if self.num_samples < 3 and not _oracle_ranks_a_pair(self.oracle):
+            raise ValueError(
+                f"oracle {self.oracle!r} needs num_samples >= 3: it scores each answer by its agreement with the "
+                f"prompt's other answers, so with num_samples={self.num_samples} every pair ties and no preference "
+                "pair survives; raise num_samples or choose another oracle"
+            )
         if self.layers is not None and not self.layers:
             raise ValueError("layers must be null (automatic) or a non-empty list of layer indices >= 0, got []")
         if self.alphas is not None and not self.alphas:
@@ -573,3 +579,11 @@ def describe_validation_error(exc: ValidationError, values: Mapping[str, Any] | 
         expected = str(error["msg"]).removeprefix("Input should be ").removeprefix("Value error, ")
     shown = json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
     return f"{name} must be {expected}, got {shown}"
+
+
+def _oracle_ranks_a_pair(name: str) -> bool:
+    """Whether oracle ``name`` can tell two answers apart (``can_judge``; an oracle such as
+    ``consensus`` that scores each answer against the others ties every pair)."""
+    from sims_core.oracles import known_oracles, oracle_info
+
+    return name not in known_oracles() or oracle_info(name).can_judge

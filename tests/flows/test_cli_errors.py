@@ -231,6 +231,10 @@ def test_a_config_that_is_a_directory_is_named(capsys, run_args, tmp_path):
         (["--set", "iterations=two"], "iterations must be an integer, got 'two'"),
         (["--set", "eval_fraction=0"], "eval_fraction must be"),
         (["--shards", "100000"], "shards=100000 is more than the work can use"),
+        (
+            ["--set", "oracle=consensus", "--set", "num_samples=2"],
+            "oracle 'consensus' needs num_samples >= 3: it scores each answer by its agreement",
+        ),
     ],
 )
 def test_config_fields_are_type_checked_and_shards_bounded_by_the_work(capsys, run_args, tmp_path, args, fragment):
