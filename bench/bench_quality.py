@@ -39,6 +39,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "prompts_64": ("64 training prompts per iteration", {"num_prompts": 64}),
     "tokens_96": ("answers up to 96 tokens (training and eval)", {"max_new_tokens": 96}),
     "hpr": ("HPR instead of mean difference", {"learner": "hpr"}),
+    "hpr_small": ("HPR with smaller strengths 0.1 and 0.25", {"learner": "hpr", "alphas": [0.1, 0.25]}),
+    "one_candidate": (
+        "no strength selection: layer 18, alpha 2 (the fluency guard only)",
+        {"layers": [18], "alphas": [2.0]},
+    ),
     "no_memory": ("memory bank off", {"memory": False}),
     "val_32": ("strength selection on 32 validation prompts", {"max_val_prompts": 32}),
     "consensus": ("consensus (MBR) training oracle", {"oracle": "consensus"}),
