@@ -299,6 +299,8 @@ class SimsConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SimsConfig:
+        from sims_core.oracles import oracle_info
+
         if self.eval_fraction + self.val_fraction >= 0.9:
             raise ValueError(
                 f"eval_fraction + val_fraction must leave prompts to train on (< 0.9), got "
@@ -309,7 +311,7 @@ class SimsConfig(BaseModel):
                 f"pairs_per_prompt={self.pairs_per_prompt} needs at least {2 * self.pairs_per_prompt} samples per "
                 f"prompt with pair_strategy='top_bottom', but num_samples={self.num_samples}"
             )
-        if self.num_samples < 3 and not _oracle_ranks_a_pair(self.oracle):
+        if self.num_samples < 3 and not oracle_info(self.oracle).can_judge:  # the field check found it
             raise ValueError(
                 f"oracle {self.oracle!r} needs num_samples >= 3: it scores each answer by its agreement with the "
                 f"prompt's other answers, so with num_samples={self.num_samples} every pair ties and no preference "
@@ -579,11 +581,3 @@ def describe_validation_error(exc: ValidationError, values: Mapping[str, Any] | 
         expected = str(error["msg"]).removeprefix("Input should be ").removeprefix("Value error, ")
     shown = json.dumps(value) if isinstance(value, (list, dict)) else repr(value)
     return f"{name} must be {expected}, got {shown}"
-
-
-def _oracle_ranks_a_pair(name: str) -> bool:
-    """Whether oracle ``name`` can tell two answers apart (``can_judge``; an oracle such as
-    ``consensus`` that scores each answer against the others ties every pair)."""
-    from sims_core.oracles import known_oracles, oracle_info
-
-    return name not in known_oracles() or oracle_info(name).can_judge

@@ -406,12 +406,13 @@ class ArtifactStore:
     def require_run(self, run_id: str, *, manifest: bool = True) -> None:
         """A `NotFoundError` listing the runs here when ``run_id`` has no manifest in this store
         (``manifest=False``: no folder at all, for a run whose manifest may be lost)."""
-        if not (
-            self.exists(self.manifest_uri(run_id)) if manifest else self.fs.exists(self._join(validate_run_id(run_id)))
-        ):
-            raise NotFoundError(
-                f"run {run_id!r} is not in {self.url}; runs there: {', '.join(self.list_runs()) or 'none'}"
-            )
+        if manifest:
+            there = self.exists(self.manifest_uri(run_id))
+        else:
+            there = self.fs.exists(self._join(validate_run_id(run_id)))
+        if not there:
+            runs = ", ".join(self.list_runs()) or "none"
+            raise NotFoundError(f"run {run_id!r} is not in {self.url}; runs there: {runs}")
 
     # ------------------------------------------------------------ bytes and tables
     @contextlib.contextmanager
