@@ -157,9 +157,12 @@ import sys, time
 from flows.guard import ProcessGuard
 guard = ProcessGuard(lambda signum: f"forced out by {signum}", lambda: print("locks released", flush=True), grace_s=GRACE)
 with guard:
-    print("ready", flush=True)
+    ready = False
     while True:
-        try:
+        try:  # "ready" is printed inside the try: a signal sent on reading it cannot land outside
+            if not ready:
+                ready = True
+                print("ready", flush=True)
             time.sleep(60)
         except KeyboardInterrupt:  # code that swallows the interrupt and keeps going
             print("interrupt swallowed", flush=True)
