@@ -174,10 +174,12 @@ class SimsConfig(BaseModel):
     iterations: Count = 2
     num_prompts: Count = 32
     num_samples: Annotated[int, Field(strict=True, ge=2)] = 4
-    max_new_tokens: Count = 48
-    temperature: Annotated[float, Field(strict=True, ge=0, le=10)] = 0.8
-    top_p: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.95
-    batch_size: Count = 32
+    # the sampling defaults are SamplingParams's (set there once, shared with generation,
+    # evaluation and strength selection)
+    max_new_tokens: Count = SamplingParams.max_new_tokens
+    temperature: Annotated[float, Field(strict=True, ge=0, le=10)] = SamplingParams.temperature
+    top_p: Annotated[float, Field(strict=True, gt=0, le=1)] = SamplingParams.top_p
+    batch_size: Count = SamplingParams.batch_size
     # oracle and pairs
     oracle: Text = Field("embedding", description="the training oracle (any registered oracle)")
     oracle_options: Options = Field(default_factory=dict)

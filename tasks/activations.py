@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from torch import Tensor
 
 from sims_core import capture_activations
+from sims_core.activations import Pooling
 from sims_core.progress import progress_bar
 from sims_core.sharding import canonical_groups, shard_groups
 from sims_core.steering import align_pairs
@@ -43,7 +45,7 @@ def activations_phase(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards
         ]
         groups = shard_groups(canonical_groups(pairs["pair_id"].tolist(), lengths, cfg.batch_size), shard, shards)
         per_token = cfg.token_level
-        pooling = "none" if per_token else "mean"
+        pooling: Pooling = "none" if per_token else "mean"
         skipped_tokens = 0
         extracted = sum(len(group) for group in groups)
         desc = "extracting activations" if shards == 1 else f"extracting ({phase})"
@@ -70,10 +72,10 @@ def activations_phase(ctx: PhaseContext, buffer_uri: str, shard: int = 0, shards
                 )
                 for layer in layers:
                     if not per_token:
-                        writer.write(layer, chosen[layer].numpy(), ids, "chosen", [chosen_counts[i] for i in group])
-                        writer.write(
-                            layer, rejected[layer].numpy(), ids, "rejected", [rejected_counts[i] for i in group]
-                        )
+                        pooled = chosen[layer], rejected[layer]
+                        assert isinstance(pooled[0], Tensor) and isinstance(pooled[1], Tensor)  # one row per pair
+                        writer.write(layer, pooled[0].numpy(), ids, "chosen", [chosen_counts[i] for i in group])
+                        writer.write(layer, pooled[1].numpy(), ids, "rejected", [rejected_counts[i] for i in group])
                         continue
                     for pid, pos_tokens, neg_tokens in zip(ids, chosen[layer], rejected[layer]):
                         pos, neg, stats = align_pairs([pos_tokens], [neg_tokens], return_stats=True)

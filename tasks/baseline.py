@@ -10,6 +10,8 @@ with K times the compute, instead of steering.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -54,11 +56,12 @@ def eval_prompts(split: pd.DataFrame, config: SimsConfig) -> pd.DataFrame:
     return split[split["split"] == "eval"].head(config.max_eval_prompts).reset_index(drop=True)
 
 
-def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str | None] | None]:
+def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str] | None]:
     """The judge of the held-out ``prompts`` (``config.judge``; ``auto`` resolved on whether every
-    prompt has a reference answer) and the references to give it (None when it needs none)."""
+    prompt has a reference answer) and the references to give it (None when it needs none; the
+    judge checks each one, naming a prompt whose reference is missing)."""
     texts = prompts["prompt"].tolist()
-    references = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
+    references: list[Any] = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
     name = config.judge_for(all(isinstance(r, str) and r.strip() for r in references))
     return name, references if oracle_info(name).needs_reference else None
 

@@ -38,6 +38,7 @@ def lineage_phase(ctx: PhaseContext) -> dict[str, str]:
     """Snapshot the lineage's current steering, memory bank and used prompt ids into the run."""
 
     def compute():
+        assert ctx.config.lineage is not None  # the flow runs this phase only for a lineage
         snapshot, steering, bank = Lineage(ctx.store, ctx.config.lineage).snapshot()
         pointer, out = snapshot["current"], {}
         if steering is not None:

@@ -125,12 +125,12 @@ def steering_phase(
             chosen_row["score"],
             chosen_row["nll"],
         )
-        chosen = dataclasses.replace(
+        kept = dataclasses.replace(
             selection.steering,
             selection={**selection.steering.selection, "alpha_grid": list(cfg.alpha_grid), "candidates": rows},
         )
         return {
-            "steering": store.write_bytes(ctx.uri("steering"), chosen.to_bytes()),
+            "steering": store.write_bytes(ctx.uri("steering"), kept.to_bytes()),
             "selection": store.write_table(
                 ctx.uri("selection"),
                 [{**row, "metric": "val_score", "value": row["score"]} for row in rows],

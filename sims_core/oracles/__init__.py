@@ -10,8 +10,8 @@
 
 Every oracle follows the `Oracle` protocol (``name`` and ``score``) and declares its
 capabilities as class attributes (``needs_reference``, ``can_judge``, ``uses_policy_model``,
-``comparable_scores``: see `sims_core.oracles.base`); installed packages add oracles under the
-entry-point group ``sims.oracles``. `judge_sanity` measures whether a judge can tell a prompt's
+``comparable_scores``: see `sims_core.oracles.base`), set with the `declare_capabilities` class
+decorator; installed packages add oracles under the entry-point group ``sims.oracles``. `judge_sanity` measures whether a judge can tell a prompt's
 own answer from another prompt's and whether it agrees with itself when the order is swapped.
 """
 
@@ -23,6 +23,7 @@ from sims_core.oracles.base import (
     PairwiseJudge,
     check_oracle,
     check_scores,
+    declare_capabilities,
     get_oracle,
     known_oracles,
     oracle_capabilities,
@@ -70,6 +71,7 @@ __all__ = [
     "bradley_terry",
     "check_oracle",
     "check_scores",
+    "declare_capabilities",
     "get_oracle",
     "import_callable",
     "judge_sanity",

@@ -5,8 +5,8 @@ returns one float per candidate, higher = preferred. Scores are only compared wi
 A NaN score is an error naming the oracle, the prompt and the candidate; infinite scores are
 allowed here and handled (skipped and counted) where rankings become pairs.
 
-Capabilities: each oracle class declares, as class attributes, what callers need to know about
-it before building or calling it (`oracle_info` reads them for a registered name, without
+Capabilities: each oracle class declares, as class attributes (set by the `declare_capabilities`
+decorator, or written out), what callers need to know about it before building or calling it (`oracle_info` reads them for a registered name, without
 building anything; `oracle_capabilities` for an oracle or class in hand; missing attributes
 take the defaults):
 
@@ -36,7 +36,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from sims_core.errors import UserError
 
@@ -49,6 +49,7 @@ __all__ = [
     "PairwiseJudge",
     "check_oracle",
     "check_scores",
+    "declare_capabilities",
     "get_oracle",
     "known_oracles",
     "oracle_capabilities",
@@ -61,6 +62,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENTRY_POINT_GROUP = "sims.oracles"
 CAPABILITY_DEFAULTS: dict[str, bool] = {
@@ -203,6 +205,27 @@ class OracleInfo:
     uses_policy_model: bool
     comparable_scores: bool
     plugin: str | None = None  # the distribution that declared it, for entry-point oracles
+
+
+def declare_capabilities(
+    *, needs_reference: bool, can_judge: bool, uses_policy_model: bool, comparable_scores: bool
+) -> Callable[[type[T]], type[T]]:
+    """Class decorator: sets the four capability attributes (see the module docstring) on an
+    oracle class. All four are required, so each oracle states every one at its head instead of
+    leaving a reader to know the defaults."""
+    flags = {
+        "needs_reference": needs_reference,
+        "can_judge": can_judge,
+        "uses_policy_model": uses_policy_model,
+        "comparable_scores": comparable_scores,
+    }
+
+    def declare(cls: type[T]) -> type[T]:
+        for key, value in flags.items():
+            setattr(cls, key, bool(value))
+        return cls
+
+    return declare
 
 
 def oracle_capabilities(oracle: object) -> dict[str, bool]:

@@ -24,28 +24,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
-from sims_core.oracles.base import check_scores, validate_candidates
+from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["ConsensusOracle"]
 
 
+# symmetric in a pair (it cannot judge one), relative to the other candidates
+@declare_capabilities(needs_reference=False, can_judge=False, uses_policy_model=False, comparable_scores=False)
 @dataclass
 class ConsensusOracle(SimilarityOracle):
     """Mean similarity of each answer to the prompt's other answers (see the module docstring).
-
-    Args:
-        model: a sentence-transformers model directory or hub id (None: the packaged MiniLM).
-        similarity: instead of a model, a function ``(answers, others) -> list[float]``
-            (values in [-1, 1]) or its ``"package.module:function"`` path.
-        device, batch_size, progress: encoding settings for the model.
-    """
+    Options as `SimilarityOracle`'s; a ``similarity`` function is called as ``(answers, others)``."""
 
     kind: ClassVar[str] = "consensus"
-    # capabilities (see sims_core.oracles.base): symmetric in a pair, relative to the others
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = False
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = False
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from sims_core.oracles.base import OracleError, check_scores, validate_candidates
+from sims_core.oracles.base import OracleError, check_scores, declare_capabilities, validate_candidates
 from sims_core.packaged import packaged_path
 
 __all__ = ["EmbeddingOracle", "SentenceEncoder", "packaged_minilm_path"]
@@ -94,6 +94,7 @@ class SentenceEncoder:
         return (a * b).sum(-1).clamp(-1.0, 1.0).tolist()
 
 
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False, comparable_scores=True)
 @dataclass
 class EmbeddingOracle:
     """Cosine similarity to the prompt and/or a rubric.
@@ -113,11 +114,6 @@ class EmbeddingOracle:
     batch_size: int = 32
     progress: bool = False
     name: str = field(init=False, default="embedding")
-    # capabilities (see sims_core.oracles.base)
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.rubric is None and self.relevance_weight == 0:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 
 from sims_core.models import LanguageModel
 from sims_core.oracles._lm import next_token_logprobs, resolve_lm, single_token_id
-from sims_core.oracles.base import check_scores, validate_candidates
+from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "SelfJudgeOracle", "bradley_terry"]
 
@@ -52,6 +52,8 @@ def bradley_terry(wins: np.ndarray, iterations: int = 200, prior: float = 0.1, t
     return logs - logs.mean()
 
 
+# its scores are win shares against the other candidates
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=True, comparable_scores=False)
 @dataclass
 class SelfJudgeOracle:
     """A causal LM judge comparing pairs by the log-probabilities of "A" and "B".
@@ -75,11 +77,6 @@ class SelfJudgeOracle:
     batch_size: int = 16
     progress: bool = False
     name: str = field(init=False, default="self_judge")
-    # capabilities (see sims_core.oracles.base); its scores are win shares against the other candidates
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = True
-    comparable_scores: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         if self.aggregation not in ("wins", "bradley_terry"):

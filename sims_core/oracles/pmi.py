@@ -12,17 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from sims_core.models import LanguageModel
 from sims_core.oracles._lm import continuation_logprobs, resolve_lm
-from sims_core.oracles.base import check_scores, validate_candidates
+from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["DEFAULT_PMI_TEMPLATE", "PMIOracle"]
 
 DEFAULT_PMI_TEMPLATE = "Here is an answer:\n\n{answer}\n\nWhat question was this the answer to?"
 
 
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=True, comparable_scores=True)
 @dataclass
 class PMIOracle:
     """Score = log p(question | answer) - log p(question | neutral answer).
@@ -45,11 +45,6 @@ class PMIOracle:
     batch_size: int = 16
     progress: bool = False
     name: str = field(init=False, default="pmi")
-    # capabilities (see sims_core.oracles.base)
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = True
-    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if "{answer}" not in self.template:

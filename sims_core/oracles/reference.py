@@ -20,28 +20,18 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
-from sims_core.oracles.base import check_scores, validate_candidates, validate_references
+from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates, validate_references
 
 __all__ = ["ReferenceJudge"]
 
 
+@declare_capabilities(needs_reference=True, can_judge=True, uses_policy_model=False, comparable_scores=True)
 @dataclass
 class ReferenceJudge(SimilarityOracle):
-    """Cosine similarity of each answer to its prompt's reference answer.
-
-    Args:
-        model: a sentence-transformers model directory or hub id (None: the packaged MiniLM).
-        similarity: instead of a model, a function ``(answers, references) -> list[float]``
-            (values in [-1, 1]) or its ``"package.module:function"`` path.
-        device, batch_size, progress: encoding settings for the model.
-    """
+    """Cosine similarity of each answer to its prompt's reference answer. Options as
+    `SimilarityOracle`'s; a ``similarity`` function is called as ``(answers, references)``."""
 
     kind: ClassVar[str] = "reference"
-    # capabilities (see sims_core.oracles.base)
-    needs_reference: ClassVar[bool] = True
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = True
 
     def score(
         self,

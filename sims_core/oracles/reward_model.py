@@ -10,16 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
-from sims_core.oracles.base import OracleError, check_scores, validate_candidates
+from sims_core.oracles.base import OracleError, check_scores, declare_capabilities, validate_candidates
 from sims_core.progress import progress_bar
 
 __all__ = ["RewardModelOracle"]
 
 
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False, comparable_scores=True)
 @dataclass
 class RewardModelOracle:
     """Scores answers with a sequence-classification reward model.
@@ -44,11 +45,6 @@ class RewardModelOracle:
     local_files_only: bool | None = None
     trust_remote_code: bool = False
     name: str = field(init=False, default="reward_model")
-    # capabilities (see sims_core.oracles.base)
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.model, (str, os.PathLike)):

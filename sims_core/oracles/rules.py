@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from sims_core.oracles.base import (
     Oracle,
     OracleError,
     check_scores,
+    declare_capabilities,
     get_oracle,
     oracle_capabilities,
     score_candidates,
@@ -45,6 +46,7 @@ def import_callable(path: str) -> Callable[..., Any]:
     return obj
 
 
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False, comparable_scores=True)
 @dataclass
 class CallableOracle:
     """Scores with a user's function (see the module docstring for the two call forms)."""
@@ -52,11 +54,6 @@ class CallableOracle:
     function: str | Callable[..., Any]
     batched: bool = False
     name: str = field(init=False, default="callable")
-    # capabilities (see sims_core.oracles.base)
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if isinstance(self.function, str):
@@ -152,6 +149,9 @@ def _build(spec: Any) -> tuple[Oracle, float]:
     return oracle, float(weight)
 
 
+# what oracle_info("sum") reports before any component is known; a built SumOracle replaces
+# them with what its components give it
+@declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False, comparable_scores=False)
 @dataclass
 class SumOracle:
     """Weighted sum of oracles' scores.
@@ -166,12 +166,6 @@ class SumOracle:
     oracles: Sequence[Any]
     standardize: bool = False
     name: str = field(init=False, default="sum")
-    # capabilities of the class (what oracle_info("sum") reports, before any component is
-    # known); a built SumOracle replaces them with what its components give it
-    needs_reference: ClassVar[bool] = False
-    can_judge: ClassVar[bool] = True
-    uses_policy_model: ClassVar[bool] = False
-    comparable_scores: ClassVar[bool] = False
 
     @classmethod
     def check_options(cls, oracles: Any = None, standardize: Any = False) -> None:
@@ -195,10 +189,10 @@ class SumOracle:
         self.components = [_build(spec) for spec in self.oracles]
         self.name = "sum(" + " + ".join(f"{w:g}*{o.name}" for o, w in self.components) + ")"
         parts = [oracle_capabilities(o) for o, _ in self.components]
-        self.needs_reference = any(p["needs_reference"] for p in parts)  # type: ignore[misc]
-        self.can_judge = any(p["can_judge"] for p in parts)  # type: ignore[misc]
-        self.uses_policy_model = any(p["uses_policy_model"] for p in parts)  # type: ignore[misc]
-        self.comparable_scores = not self.standardize and all(p["comparable_scores"] for p in parts)  # type: ignore[misc]
+        self.needs_reference = any(p["needs_reference"] for p in parts)
+        self.can_judge = any(p["can_judge"] for p in parts)
+        self.uses_policy_model = any(p["uses_policy_model"] for p in parts)
+        self.comparable_scores = not self.standardize and all(p["comparable_scores"] for p in parts)
 
     def score(
         self,

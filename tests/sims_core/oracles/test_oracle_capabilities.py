@@ -12,6 +12,7 @@ import sims_core.oracles.base as base
 from sims_core.oracles import (
     OracleError,
     SumOracle,
+    declare_capabilities,
     get_oracle,
     known_oracles,
     oracle_capabilities,
@@ -58,6 +59,22 @@ def test_capabilities_of_an_undeclared_oracle_take_the_defaults():
         "uses_policy_model": False,
         "comparable_scores": True,
     }
+
+
+def test_declare_capabilities_sets_all_four_on_the_class_and_requires_each():
+    @declare_capabilities(needs_reference=True, can_judge=False, uses_policy_model=True, comparable_scores=False)
+    class Declared:
+        name = "declared"
+
+    assert {flag: vars(Declared)[flag] for flag in FLAGS} == {
+        "needs_reference": True,
+        "can_judge": False,
+        "uses_policy_model": True,
+        "comparable_scores": False,
+    }
+    assert oracle_capabilities(Declared()) == oracle_capabilities(Declared)
+    with pytest.raises(TypeError, match="comparable_scores"):
+        declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False)  # type: ignore[call-arg]
 
 
 def test_a_sum_takes_its_capabilities_from_its_components():
