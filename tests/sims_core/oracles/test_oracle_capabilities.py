@@ -12,7 +12,6 @@ import sims_core.oracles.base as base
 from sims_core.oracles import (
     OracleError,
     SumOracle,
-    declare_capabilities,
     get_oracle,
     known_oracles,
     oracle_capabilities,
@@ -62,7 +61,7 @@ def test_capabilities_of_an_undeclared_oracle_take_the_defaults():
 
 
 def test_declare_capabilities_sets_all_four_on_the_class_and_requires_each():
-    @declare_capabilities(needs_reference=True, can_judge=False, uses_policy_model=True, comparable_scores=False)
+    @base.declare_capabilities(needs_reference=True, can_judge=False, uses_policy_model=True, comparable_scores=False)
     class Declared:
         name = "declared"
 
@@ -74,7 +73,7 @@ def test_declare_capabilities_sets_all_four_on_the_class_and_requires_each():
     }
     assert oracle_capabilities(Declared()) == oracle_capabilities(Declared)
     with pytest.raises(TypeError, match="comparable_scores"):
-        declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False)  # type: ignore[call-arg]
+        base.declare_capabilities(needs_reference=False, can_judge=True, uses_policy_model=False)  # type: ignore[call-arg]
 
 
 def test_a_sum_takes_its_capabilities_from_its_components():
