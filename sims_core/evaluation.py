@@ -752,12 +752,19 @@ def sample_conditions(
     control_temperature: float | None = None,
     system_prompt: str | None = None,
     progress: bool = True,
+    unsteered: Sequence[Sequence[Generation]] | None = None,
 ) -> tuple[dict[str, list[list[Generation]]], list[str]]:
     """The answers of the steered model (``"steered"``) and of each control, all with the same
     per-sample seeds: ``"random_direction"`` (random vectors of the steering's size at its
     layers) and ``"low_temperature"`` (unsteered at ``control_temperature``, default half the
     temperature). Returns ``({condition: answers}, notes)``; a control that cannot be built is
-    skipped with a note."""
+    skipped with a note.
+
+    ``unsteered``: the base model's answers to ``prompts`` with the same sampling, seed and
+    ``num_samples`` (the eval phase's cached baseline). When the steering is off (strength 0,
+    as strength selection leaves it when no alpha keeps the text fluent) the steered model and a
+    random direction of its size (zero) are the base model, so these answers stand for both
+    instead of being sampled again."""
     from sims_core.generation import generate
 
     unknown = [c for c in controls if c not in CONTROLS]
@@ -767,8 +774,23 @@ def sample_conditions(
     gen: dict[str, Any] = dict(num_samples=num_samples, seed=seed, system_prompt=system_prompt, progress=progress)
     notes: list[str] = []
     conditions: dict[str, list[list[Generation]]] = {}
-    with _steering(lm, steering, alpha, positions):
-        conditions["steered"] = generate(lm, prompts, sampling=params, **gen)
+    if unsteered is not None and _strength(steering, alpha) == 0:
+        base = [list(row) for row in unsteered]
+        if len(base) != len(prompts) or any(
+            len(row) != num_samples or not all(isinstance(g, Generation) for g in row) for row in base
+        ):
+            raise UserError(
+                f"unsteered must hold {num_samples} Generation(s) for each of the {len(prompts)} prompts, "
+                f"got {len(base)} entries"
+            )
+        notes.append("the steering is off (strength 0): the steered answers are the base model's, not sampled again")
+        conditions["steered"] = base
+        if "random_direction" in controls:
+            conditions["random_direction"] = base
+        controls = [c for c in controls if c != "random_direction"]
+    else:
+        with _steering(lm, steering, alpha, positions):
+            conditions["steered"] = generate(lm, prompts, sampling=params, **gen)
     if "random_direction" in controls:
         strength = 1.0 if alpha is None else alpha
         random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
@@ -829,6 +851,14 @@ def compare(
             )
         )
     return table, pd.DataFrame(summary), checked, notes
+
+
+def _strength(spec: Any, alpha: float | None) -> float:
+    """The strength ``_steering`` applies: ``alpha`` (1 if None) times a SteeringSet's own
+    alpha; 0 for no steering."""
+    if spec is None:
+        return 0.0
+    return (1.0 if alpha is None else float(alpha)) * float(getattr(spec, "alpha", 1.0))
 
 
 def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: Positions | None):

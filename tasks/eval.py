@@ -89,6 +89,7 @@ def eval_phase(
                 seed=eval_seed(cfg),
                 positions=cfg.positions,
                 control_temperature=cfg.control_temperature,
+                unsteered=baseline,
             )
         comparisons = [Comparison("steered", texts, conditions["steered"], baseline, refs)]
         if previous_eval_uri is not None:

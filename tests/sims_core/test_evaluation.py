@@ -4,6 +4,7 @@ evaluation of a steered model against its reference with controls."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from sims_core.evaluation import (
     length_controlled_win_rate,
     paired_effect,
     random_direction_like,
+    sample_conditions,
     summarize,
     wilson_interval,
     win_rate,
@@ -230,6 +232,67 @@ def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkey
     judge = get_oracle("callable", function=lambda p, a: float(len(a)))
     evaluate(tiny_lm, PROMPTS[:2], steering, judge=judge, controls=("random_direction",), sanity=False, **SETTINGS)
     assert strengths and set(strengths) == {3.0}
+
+
+def _zero_strength_steering(tiny_lm, learner):
+    import dataclasses
+
+    from sims_core.steering import fit_steering
+
+    g = torch.Generator().manual_seed(2)
+    fitted = fit_steering(
+        learner,
+        {1: torch.randn(20, 64, generator=g) + 2},
+        {1: torch.randn(20, 64, generator=g)},
+        top_k=1,
+        seed=0,
+        model=tiny_lm,
+        progress=False,
+    )
+    return dataclasses.replace(fitted, alpha=0.0)
+
+
+@pytest.mark.parametrize("learner", ["mean_diff", "hpr"])
+def test_steering_switched_off_reuses_the_base_answers_which_sampling_again_reproduces(tiny_lm, learner):
+    steering = _zero_strength_steering(tiny_lm, learner)
+    sampling = SamplingParams(max_new_tokens=6, temperature=1.0)
+    base = generate(tiny_lm, PROMPTS, num_samples=2, sampling=sampling, seed=5, progress=False)
+    kwargs = dict(num_samples=2, sampling=sampling, seed=5, progress=False, controls=("random_direction",))
+    sampled, _ = sample_conditions(tiny_lm, PROMPTS, steering, **kwargs)
+    reused, notes = sample_conditions(tiny_lm, PROMPTS, steering, unsteered=base, **kwargs)
+    texts = lambda answers: [[g.text for g in row] for row in answers]  # noqa: E731
+    # the shortcut is exact: strength 0 sampled again gives the base model's answers
+    assert texts(sampled["steered"]) == texts(base)
+    assert texts(reused["steered"]) == texts(base) and texts(reused["random_direction"]) == texts(base)
+    assert reused["steered"][0][0] is base[0][0]  # taken, not sampled
+    assert any("steering is off" in note for note in notes)
+
+
+def test_unsteered_answers_are_used_only_when_the_steering_is_off(tiny_lm, monkeypatch):
+    import sims_core.generation as generation
+
+    steering = _zero_strength_steering(tiny_lm, "mean_diff")
+    sampling = SamplingParams(max_new_tokens=4)
+    base = generate(tiny_lm, PROMPTS[:2], sampling=sampling, seed=1, progress=False)
+    calls = []
+    real_generate = generation.generate
+
+    def counting_generate(*args, **kwargs):
+        calls.append(kwargs.get("sampling"))
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", counting_generate)
+    kwargs = dict(sampling=sampling, seed=1, progress=False, unsteered=base)
+    conditions, _ = sample_conditions(tiny_lm, PROMPTS[:2], steering, **kwargs)
+    assert set(conditions) == {"steered", "random_direction", "low_temperature"}
+    assert [c.temperature for c in calls] == [0.4]  # only the low-temperature control is sampled
+    calls.clear()
+    sample_conditions(tiny_lm, PROMPTS[:2], steering, alpha=0.0, controls=(), **kwargs)
+    assert calls == []
+    sample_conditions(tiny_lm, PROMPTS[:2], dataclasses_replace(steering, alpha=1.0), controls=(), **kwargs)
+    assert len(calls) == 1  # steering on: sampled
+    with pytest.raises(UserError, match=r"unsteered must hold 1 Generation\(s\) for each of the 2 prompts, got 1"):
+        sample_conditions(tiny_lm, PROMPTS[:2], steering, sampling=sampling, controls=(), unsteered=base[:1])
 
 
 # -- the reusable pieces: paired effect, LC interval, judge_answers, summarize, best_of_n -----------
