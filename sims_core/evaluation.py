@@ -781,7 +781,7 @@ def sample_conditions(
         ):
             raise UserError(
                 f"unsteered must hold {num_samples} Generation(s) for each of the {len(prompts)} prompts, "
-                f"got {len(base)} entries"
+                f"got {len(base)} entries holding {sorted({len(row) for row in base})} answer(s) each"
             )
         notes.append("the steering is off (strength 0): the steered answers are the base model's, not sampled again")
         conditions["steered"] = base
