@@ -1,5 +1,5 @@
 """`sims run` on the embedded model end to end, as the README's main command runs it but with a
-smaller evaluation (slow: a few minutes; the full default takes ~26 minutes on 2 cores and is
+smaller evaluation (slow: a few minutes; the full default takes ~24-26 minutes on 2 cores and is
 measured by hand, see README "Benchmarks"): every phase, the report, controls and best-of-N."""
 
 from __future__ import annotations
