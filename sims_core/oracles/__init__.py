@@ -11,7 +11,8 @@
 Every oracle follows the `Oracle` protocol (``name`` and ``score``) and declares its
 capabilities as class attributes (``needs_reference``, ``can_judge``, ``uses_policy_model``,
 ``comparable_scores``: see `sims_core.oracles.base`), set with the `declare_capabilities` class
-decorator; installed packages add oracles under the entry-point group ``sims.oracles``. `judge_sanity` measures whether a judge can tell a prompt's
+decorator; installed packages add oracles under the entry-point group ``sims.oracles``.
+`judge_sanity` measures whether a judge can tell a prompt's
 own answer from another prompt's and whether it agrees with itself when the order is swapped.
 """
 

@@ -6,9 +6,9 @@ A NaN score is an error naming the oracle, the prompt and the candidate; infinit
 allowed here and handled (skipped and counted) where rankings become pairs.
 
 Capabilities: each oracle class declares, as class attributes (set by the `declare_capabilities`
-decorator, or written out), what callers need to know about it before building or calling it (`oracle_info` reads them for a registered name, without
-building anything; `oracle_capabilities` for an oracle or class in hand; missing attributes
-take the defaults):
+decorator, or written out), what callers need to know about it before building or calling it
+(`oracle_info` reads them for a registered name, without building anything;
+`oracle_capabilities` for an oracle or class in hand; missing attributes take the defaults):
 
 - ``needs_reference`` (False): it compares answers with a reference answer per prompt and is
   called ``score(prompts, candidates, references=...)`` (`score_candidates` does this); called

@@ -3,8 +3,8 @@ evaluation of a steered model against its reference with controls."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import replace as dataclasses_replace
 
 import numpy as np
 import pandas as pd
@@ -203,15 +203,13 @@ def test_unknown_control_is_an_error(tiny_lm):
         evaluate(tiny_lm, PROMPTS, None, judge=get_oracle("callable", function=lambda p, a: 0.0), controls=("shuffle",))
 
 
-def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkeypatch):
-    import dataclasses
-
-    import sims_core.steering.hooks as hooks
+def _steering_at(tiny_lm, alpha, learner="mean_diff", data_seed=1):
+    """A steering fitted at layer 1 on separable random activations, set to ``alpha``."""
     from sims_core.steering import fit_steering
 
-    g = torch.Generator().manual_seed(1)
+    g = torch.Generator().manual_seed(data_seed)
     fitted = fit_steering(
-        "mean_diff",
+        learner,
         {1: torch.randn(20, 64, generator=g) + 2},
         {1: torch.randn(20, 64, generator=g)},
         top_k=1,
@@ -219,7 +217,13 @@ def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkey
         model=tiny_lm,
         progress=False,
     )
-    steering = dataclasses.replace(fitted, alpha=3.0)
+    return dataclasses.replace(fitted, alpha=alpha)
+
+
+def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkeypatch):
+    import sims_core.steering.hooks as hooks
+
+    steering = _steering_at(tiny_lm, 3.0)
     strengths = []
     real_steer = hooks.steer
 
@@ -234,27 +238,9 @@ def test_a_steering_set_is_applied_at_its_own_alpha_exactly_once(tiny_lm, monkey
     assert strengths and set(strengths) == {3.0}
 
 
-def _zero_strength_steering(tiny_lm, learner):
-    import dataclasses
-
-    from sims_core.steering import fit_steering
-
-    g = torch.Generator().manual_seed(2)
-    fitted = fit_steering(
-        learner,
-        {1: torch.randn(20, 64, generator=g) + 2},
-        {1: torch.randn(20, 64, generator=g)},
-        top_k=1,
-        seed=0,
-        model=tiny_lm,
-        progress=False,
-    )
-    return dataclasses.replace(fitted, alpha=0.0)
-
-
 @pytest.mark.parametrize("learner", ["mean_diff", "hpr"])
 def test_steering_switched_off_reuses_the_base_answers_which_sampling_again_reproduces(tiny_lm, learner):
-    steering = _zero_strength_steering(tiny_lm, learner)
+    steering = _steering_at(tiny_lm, 0.0, learner, data_seed=2)
     sampling = SamplingParams(max_new_tokens=6, temperature=1.0)
     base = generate(tiny_lm, PROMPTS, num_samples=2, sampling=sampling, seed=5, progress=False)
     kwargs = dict(num_samples=2, sampling=sampling, seed=5, progress=False, controls=("random_direction",))
@@ -271,7 +257,7 @@ def test_steering_switched_off_reuses_the_base_answers_which_sampling_again_repr
 def test_unsteered_answers_are_used_only_when_the_steering_is_off(tiny_lm, monkeypatch):
     import sims_core.generation as generation
 
-    steering = _zero_strength_steering(tiny_lm, "mean_diff")
+    steering = _steering_at(tiny_lm, 0.0, data_seed=2)
     sampling = SamplingParams(max_new_tokens=4)
     base = generate(tiny_lm, PROMPTS[:2], sampling=sampling, seed=1, progress=False)
     calls = []
@@ -289,7 +275,7 @@ def test_unsteered_answers_are_used_only_when_the_steering_is_off(tiny_lm, monke
     calls.clear()
     sample_conditions(tiny_lm, PROMPTS[:2], steering, alpha=0.0, controls=(), **kwargs)
     assert calls == []
-    sample_conditions(tiny_lm, PROMPTS[:2], dataclasses_replace(steering, alpha=1.0), controls=(), **kwargs)
+    sample_conditions(tiny_lm, PROMPTS[:2], dataclasses.replace(steering, alpha=1.0), controls=(), **kwargs)
     assert len(calls) == 1  # steering on: sampled
     with pytest.raises(UserError, match=r"unsteered must hold 1 Generation\(s\) for each of the 2 prompts, got 1"):
         sample_conditions(tiny_lm, PROMPTS[:2], steering, sampling=sampling, controls=(), unsteered=base[:1])
