@@ -376,11 +376,20 @@ def cmd_repair(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(sub: Any, name: str, func: Any, help: str, *positionals: str) -> argparse.ArgumentParser:
+    """A subcommand that runs ``func``, with its positional arguments."""
+    command = sub.add_parser(name, help=help)
+    for positional in positionals:
+        command.add_argument(positional)
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sims", description="Self-Improving Model Steering")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the full SIMS flow (no arguments: the built-in demo)")
+    run = _command(sub, "run", cmd_run, "run the full SIMS flow (no arguments: the built-in demo)")
     run.add_argument("--config", help="YAML file of config fields")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     run.add_argument("--run-id", help="name of the run (default: run-<UTC time>-<random>)")
@@ -388,10 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--lineage", help="advance this lineage: start from its current steering, draw new prompts, gate promotion"
     )
-    run.set_defaults(func=cmd_run)
-
-    resume = sub.add_parser("resume", help="resume a run from its artifacts (or extend it with --iterations)")
-    resume.add_argument("run_id")
+    resume = _command(
+        sub, "resume", cmd_resume, "resume a run from its artifacts (or extend it with --iterations)", "run_id"
+    )
     resume.add_argument("--iterations", type=int, help="total iterations wanted (more than before continues the run)")
     resume.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     resume.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
@@ -410,51 +418,37 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="reuse an existing run id with a config that changes what it trained (recomputes its artifacts)",
         )
-    resume.set_defaults(func=cmd_resume)
 
-    status = sub.add_parser("status", help="the phase table of a run")
-    status.add_argument("run_id")
+    status = _command(sub, "status", cmd_status, "the phase table of a run", "run_id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
-
-    runs = sub.add_parser("runs", help="list the runs in a store")
-    runs.set_defaults(func=cmd_runs)
-
-    ev = sub.add_parser("eval", help="the evaluation summary of a run's iteration")
-    ev.add_argument("run_id")
+    runs = _command(sub, "runs", cmd_runs, "list the runs in a store")
+    ev = _command(sub, "eval", cmd_eval, "the evaluation summary of a run's iteration", "run_id")
     ev.add_argument("--iteration", type=int, help="default: the latest evaluated iteration")
     ev.add_argument("--json", action="store_true")
-    ev.set_defaults(func=cmd_eval)
-
-    export = sub.add_parser("export", help="export a steering file, DPO pairs or a GGUF control vector")
-    export.add_argument("run_id")
+    export = _command(sub, "export", cmd_export, "export a steering file, DPO pairs or a GGUF control vector", "run_id")
     export.add_argument("what", choices=["steering", "dpo", "gguf"])
     export.add_argument("--out", required=True, help="output path (.safetensors or dir; .parquet/.jsonl; .gguf)")
     export.add_argument("--iteration", type=int, help="default: the latest iteration")
     export.add_argument("--force", action="store_true", help="replace --out if it exists (atomically)")
-    export.set_defaults(func=cmd_export)
-    unlock = sub.add_parser("unlock", help="remove a run's lock left by a process that no longer runs")
-    unlock.add_argument("run_id")
+    unlock = _command(sub, "unlock", cmd_unlock, "remove a run's lock left by a process that no longer runs", "run_id")
     unlock.add_argument("--force", action="store_true", help="remove it even if its holder may still be running")
-    unlock.set_defaults(func=cmd_unlock)
-
-    repair = sub.add_parser("repair", help="rebuild a damaged manifest from the run's artifacts and their hashes")
-    repair.add_argument("run_id")
-    repair.set_defaults(func=cmd_repair)
+    repair = _command(
+        sub, "repair", cmd_repair, "rebuild a damaged manifest from the run's artifacts and their hashes", "run_id"
+    )
     lineage = sub.add_parser("lineage", help="a lineage's history, or roll its current steering back")
     lineage_sub = lineage.add_subparsers(dest="lineage_command", required=True)
-    lineage_status = lineage_sub.add_parser("status", help="one row per run: prompts, comparison, promoted or not")
-    lineage_status.add_argument("name")
+    lineage_status = _command(
+        lineage_sub, "status", cmd_lineage_status, "one row per run: prompts, comparison, promoted or not", "name"
+    )
     lineage_status.add_argument("--json", action="store_true", help="machine-readable output")
-    lineage_status.set_defaults(func=cmd_lineage_status)
-    rollback = lineage_sub.add_parser("rollback", help="make an earlier promoted steering current again")
-    rollback.add_argument("name")
+    rollback = _command(
+        lineage_sub, "rollback", cmd_lineage_rollback, "make an earlier promoted steering current again", "name"
+    )
     rollback.add_argument(
         "--to",
         metavar="RUN_ID",
         help="the run whose steering becomes current (default: the one promoted before the current one)",
     )
-    rollback.set_defaults(func=cmd_lineage_rollback)
     for command in (status, runs, ev, export, unlock, repair, lineage_status, rollback):  # last in their --help
         command.add_argument("--store", help=f"artifact store (default {DEFAULT_STORE})")
     return parser
@@ -523,8 +517,8 @@ def _interrupted(args: argparse.Namespace, signum: int) -> str:
 
 def _release_locks() -> None:
     """The forced-exit path: release the run locks this process holds."""
-    module = sys.modules.get("flows.self_improve")  # not imported: no flow ran, no lock is held
-    for lock in module.held_locks() if module is not None else []:
+    module = sys.modules.get("tasks.runtime")  # not imported: no flow ran, no lock is held
+    for lock in list(module.runtime().held_locks.values()) if module is not None else []:
         with contextlib.suppress(Exception):
             lock.release()
 

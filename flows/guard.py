@@ -10,7 +10,7 @@ server, and user errors without tracebacks on the terminal.
   signal (it ends if the CLI is killed outright), registered where Prefect looks for it, and
   stops it when the command ends, after Prefect's log and event queues are drained into it.
 - `ProcessGuard`: SIGINT and SIGTERM stop the run. The first one asks the models to stop at
-  their next forward pass (`tasks.runtime.request_stop`) and raises `KeyboardInterrupt` (or
+  their next forward pass (`tasks.runtime.runtime().request_stop`) and raises `KeyboardInterrupt` (or
   `Terminated`, one for SIGTERM) in the main thread, so the flow records the crash and releases
   the run lock on its way out; the CLI then exits 130 (SIGINT) or 143 (SIGTERM). If the command
   has not ended `grace_s` seconds later (something ignores the interrupt), or a second signal
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import inspect
 import logging
 import os
@@ -69,6 +70,7 @@ def _die_with_parent() -> None:  # runs in the server's process between fork and
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+@functools.cache
 def _isolated_server_class() -> type:
     from prefect.server.api.server import SubprocessASGIServer
 
@@ -119,12 +121,14 @@ def _drain_prefect(timeout: float) -> None:
     worker.join(timeout)
 
 
-_current_server: Any = None
-
-
 def stop_server_now() -> None:
-    """Kill the ephemeral server this process started (the forced-exit path; no draining)."""
-    server = _current_server
+    """Kill the ephemeral server this process started (the forced-exit path; no draining): the one
+    of our class in Prefect's own registry of subprocess servers."""
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer._instances.get(None)
+    if not isinstance(server, _isolated_server_class()):
+        return
     process = getattr(server, "server_process", None)
     if process is not None and process.poll() is None:
         with contextlib.suppress(Exception):
@@ -138,7 +142,6 @@ def stop_server_now() -> None:
 def ephemeral_server() -> Iterator[Any]:
     """Start Prefect's ephemeral API server for this command (see the module docstring) unless
     ``PREFECT_API_URL`` names a server or one is already running; stop it on the way out."""
-    global _current_server
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
@@ -152,7 +155,6 @@ def ephemeral_server() -> Iterator[Any]:
     # A first start creates Prefect's database: on a busy 2-core machine that takes longer than
     # Prefect's default 20 s, which would end the command with a timeout before any work.
     server.start(timeout=max(int(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()), 90))
-    _current_server = server
     try:
         yield server
     finally:
@@ -160,7 +162,6 @@ def ephemeral_server() -> Iterator[Any]:
         with contextlib.suppress(Exception):
             server.stop()
         stop_server_now()
-        _current_server = None
 
 
 # ------------------------------------------------------------------ signals
@@ -177,9 +178,9 @@ class ProcessGuard:
     def __enter__(self) -> ProcessGuard:
         # imported here, not in the handler: importing sims (torch) inside a signal handler takes
         # seconds on a loaded machine, time the grace period is meant for
-        from tasks.runtime import request_stop
+        from tasks.runtime import runtime
 
-        self._request_stop = request_stop
+        self._request_stop = runtime().request_stop
         if threading.current_thread() is threading.main_thread():
             for signum in EXIT_CODES:
                 self._previous[signum] = signal.signal(signum, self._handle)

@@ -38,7 +38,6 @@ __all__ = ["check_iterations", "check_prompt_lengths", "preflight"]
 # Upper bound on what a chat template adds to a prompt (role markers, a default system prompt),
 # in bytes; a prompt's token count never exceeds its byte count plus this.
 _TEMPLATE_ALLOWANCE = 1024
-_checked: set[tuple[str | None, str]] = set()
 
 
 def check_iterations(manifest: Manifest, iterations: int) -> None:
@@ -144,13 +143,14 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
     """Raise a one-sentence `UserError` for a configuration that cannot run; return None when it
     can (see the module docstring for what is checked). Costs a second or two; more only when a
     prompt may be too long for the context window (the tokenizer is then loaded)."""
+    from tasks.engine import check_engine
+    from tasks.runtime import runtime
+
     key = (run_id, canonical_hash(cfg.to_dict()))
-    if key in _checked:
+    if key in runtime().preflight_passed:
         return
     if run_id is not None:
         validate_run_id(run_id)
-    from tasks.engine import check_engine
-
     check_engine(cfg, with_api=False)  # the flow checks a deployment engine's deployment on its API
     _check_store(cfg, run_id)
     table = load_prompt_table(
@@ -162,4 +162,4 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
         _check_oracles(cfg, table)
         check_prompt_lengths(cfg, facts, prompts)
     ArtifactStore.open(cfg.store).check(writable=True)  # last: it creates the store folder
-    _checked.add(key)
+    runtime().preflight_passed.add(key)

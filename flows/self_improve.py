@@ -43,11 +43,9 @@ from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import prompts_phase
 from tasks.report import write_report
-from tasks.runtime import clear_stop
+from tasks.runtime import runtime
 
-__all__ = ["held_locks", "new_run_id", "run_lock", "run_tag", "self_improve"]
-
-_HELD: dict[tuple[str, str], RunLock] = {}  # the run locks this process holds, by (store URL, run id)
+__all__ = ["new_run_id", "run_lock", "run_tag", "self_improve"]
 
 
 def new_run_id() -> str:
@@ -118,9 +116,9 @@ def run_lock(store: ArtifactStore, run_id: str, holder: str) -> Iterator[RunLock
     """Hold the run's lock (`storage.RunLock`), re-entrantly within this process: the CLI takes
     it before it starts the flow (so that a second writer is refused before any work, and the
     lock is released on Ctrl-C), and the flow's own acquisition then reuses it."""
-    key = (store.url, run_id)
-    if key in _HELD:
-        yield _HELD[key]
+    held, key = runtime().held_locks, (store.url, run_id)
+    if key in held:
+        yield held[key]
         return
     lock = store.lock(run_id, holder=holder)  # the lock records pid, host and time itself
     with warnings.catch_warnings(record=True) as caught:
@@ -128,17 +126,12 @@ def run_lock(store: ArtifactStore, run_id: str, holder: str) -> Iterator[RunLock
         lock.acquire()
     for warning in caught:  # a stale lock taken over: say so in the run's log
         phase_logger().warning("%s", warning.message)
-    _HELD[key] = lock
+    held[key] = lock
     try:
         yield lock
     finally:
-        _HELD.pop(key, None)
+        held.pop(key, None)
         lock.release()
-
-
-def held_locks() -> list[RunLock]:
-    """The run locks this process holds (what an interrupted CLI releases before it exits)."""
-    return list(_HELD.values())
 
 
 def _artifact_key(run_id: str, suffix: str) -> str:
@@ -157,7 +150,7 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
     unless ``force`` says the recomputation is deliberate."""
     config = SimsConfig.from_dict(config if config is not None else {})
     run_id = validate_run_id(run_id or default_run_id(config))
-    clear_stop()
+    runtime().clear_stop()
     check_engine(config)  # with the API: a deployment engine's phase deployment exists (the CLI cannot see it)
     preflight(config, run_id)  # a no-op when the CLI has just checked the same run (deployments get it here)
     log = phase_logger()

@@ -37,13 +37,13 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Unpack
 
 import numpy as np
 import torch
 
 from sims_core.errors import UserError
-from sims_core.generation import Generation, SamplingParams
+from sims_core.generation import Generation, SamplingOverrides, SamplingParams
 from sims_core.oracles.base import Oracle, OracleError, oracle_capabilities, score_candidates
 from sims_core.oracles.sanity import JudgeSanity, judge_sanity
 
@@ -696,10 +696,7 @@ def best_of_n(
     references: Sequence[str] | None = None,
     system_prompt: str | None = None,
     progress: bool = True,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    batch_size: int | None = None,
+    **overrides: Unpack[SamplingOverrides],
 ) -> BestOfN:
     """Best-of-N: ``k`` samples per prompt from ``lm`` as it is (unsteered unless the caller
     steers it), and the one ``oracle`` scores highest (the first on a tie) is kept.
@@ -715,9 +712,7 @@ def best_of_n(
     prompts = validate_prompts(prompts)
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise UserError(f"k must be an integer >= 2 (samples to choose from per prompt), got {k!r}")
-    params = SamplingParams.resolve(
-        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
-    )
+    params = SamplingParams.resolve(sampling, **overrides)
     candidates = generate(
         lm, prompts, num_samples=k, sampling=params, seed=seed, system_prompt=system_prompt, progress=progress
     )
@@ -893,10 +888,7 @@ def evaluate(
     n_boot: int = 2000,
     sanity: bool = True,
     progress: bool = True,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    batch_size: int | None = None,
+    **overrides: Unpack[SamplingOverrides],
 ) -> Evaluation:
     """Compare ``steering`` against a baseline on held-out ``prompts``.
 
@@ -935,8 +927,13 @@ def evaluate(
     if unknown:
         raise ValueError(f"unknown controls {unknown}; choose from {list(CONTROLS)}")
     _check_judge(judge, references, len(prompts))
-    params = SamplingParams.resolve(
-        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
+    # the baseline and every condition are sampled alike: sample s of one side pairs with sample s of the other
+    alike: dict[str, Any] = dict(
+        num_samples=num_samples,
+        sampling=SamplingParams.resolve(sampling, **overrides),
+        seed=seed,
+        system_prompt=system_prompt,
+        progress=progress,
     )
     ref: Sequence[Sequence[Answer]]
     if baseline_answers is not None:
@@ -953,28 +950,16 @@ def evaluate(
             )
     if baseline_answers is None:
         with _steering(lm, reference, reference_alpha, positions):
-            ref = generate(
-                lm,
-                prompts,
-                num_samples=num_samples,
-                sampling=params,
-                seed=seed,
-                system_prompt=system_prompt,
-                progress=progress,
-            )
+            ref = generate(lm, prompts, **alike)
     conditions, notes = sample_conditions(
         lm,
         prompts,
         steering,
         controls=controls,
-        num_samples=num_samples,
-        sampling=params,
-        seed=seed,
         alpha=alpha,
         positions=positions,
         control_temperature=control_temperature,
-        system_prompt=system_prompt,
-        progress=progress,
+        **alike,
     )
     comparisons = [Comparison(name, prompts, answers, ref, references) for name, answers in conditions.items()]
     table, summary, checked, more = compare(

@@ -3,7 +3,7 @@
 `SamplingParams` (new tokens, temperature, top-p, batch size) is the one place the sampling
 defaults live; `generate`, `sims_core.evaluation.evaluate`, `sims_core.evaluation.best_of_n` and
 `sims_core.steering.strength.select_strength` all take one (``sampling=``), and still accept the
-four settings as keyword arguments, which override the object's fields.
+four settings as keyword arguments (`SamplingOverrides`), which override the object's fields.
 
 Prompts are chat-formatted (`LanguageModel.format_prompt`), left-padded and batched in order of
 length so little compute goes to padding. Each sample draws from its own random generator seeded
@@ -19,7 +19,7 @@ import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -32,7 +32,15 @@ from sims_core.seeding import seed_from
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Generation", "SamplingParams", "generate", "sample_seed", "validate_prompts"]
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "Generation",
+    "SamplingOverrides",
+    "SamplingParams",
+    "generate",
+    "sample_seed",
+    "validate_prompts",
+]
 
 # Measured on the embedded model, 2 CPU cores (bench/bench_runtime.py): throughput grows with the
 # batch up to ~32-40 sequences and flattens after.
@@ -45,6 +53,18 @@ def _positive_int(value: object) -> bool:
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class SamplingOverrides(TypedDict, total=False):
+    """The sampling settings as keyword arguments, each overriding the `SamplingParams` field of
+    its name (``None``: keep the field). Every function that samples takes them as
+    ``**overrides: Unpack[SamplingOverrides]`` and combines them with its ``sampling=`` object
+    through `SamplingParams.resolve`."""
+
+    max_new_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    batch_size: int | None
 
 
 @dataclass(frozen=True)
@@ -84,13 +104,19 @@ class SamplingParams:
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "top_p", float(self.top_p))
 
-    def override(self, **changes: Any) -> SamplingParams:
+    def override(self, **changes: Unpack[SamplingOverrides]) -> SamplingParams:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
-        given = {key: value for key, value in changes.items() if value is not None}
+        unknown = [key for key in changes if key not in SamplingOverrides.__optional_keys__]
+        if unknown:  # a misspelt keyword of a function that takes **overrides ends up here
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; the sampling overrides are "
+                f"{', '.join(SamplingOverrides.__annotations__)}"
+            )
+        given: dict[str, Any] = {key: value for key, value in changes.items() if value is not None}
         return dataclasses.replace(self, **given) if given else self
 
     @classmethod
-    def resolve(cls, sampling: SamplingParams | None = None, **overrides: Any) -> SamplingParams:
+    def resolve(cls, sampling: SamplingParams | None = None, **overrides: Unpack[SamplingOverrides]) -> SamplingParams:
         """``sampling`` (default: ``SamplingParams()``) with the non-None ``overrides`` applied:
         how functions that take both ``sampling=`` and the old keyword arguments combine them."""
         if sampling is None:
@@ -451,26 +477,21 @@ def generate(
     seed: int = 0,
     system_prompt: str | None = None,
     progress: bool = True,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    batch_size: int | None = None,
+    **overrides: Unpack[SamplingOverrides],
 ) -> list[list[Generation]]:
     """Sample ``num_samples`` answers to each prompt.
 
     Returns a list (one per prompt, in input order) of lists (one per sample) of `Generation`.
     ``sampling`` (default ``SamplingParams()``) sets new tokens, temperature, top-p and batch
-    size; the keyword arguments of the same names override its fields. ``temperature=0``
-    decodes greedily. Any steering active on ``lm`` (see `steer`) applies.
+    size; the keyword arguments of the same names (`SamplingOverrides`) override its fields.
+    ``temperature=0`` decodes greedily. Any steering active on ``lm`` (see `steer`) applies.
     A prompt that does not fit the context window together with ``max_new_tokens`` is refused
     with an error naming it (never truncated silently).
     """
     prompts = validate_prompts(prompts)
     if not _positive_int(num_samples):
         raise UserError(f"num_samples must be a positive integer (answers per prompt), got {num_samples!r}")
-    params = SamplingParams.resolve(
-        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
-    )
+    params = SamplingParams.resolve(sampling, **overrides)
     max_new_tokens, temperature, top_p = params.max_new_tokens, params.temperature, params.top_p
     batch_size = params.batch_size
     encoded = [lm.encode_prompt(p, system_prompt) for p in prompts]

@@ -30,7 +30,7 @@ from tasks.eval import eval_phase
 from tasks.generations import generations_phase
 from tasks.phase import PhaseContext, phase_logger
 from tasks.rankings import rankings_phase
-from tasks.runtime import request_stop
+from tasks.runtime import runtime
 from tasks.steering import steering_phase
 
 __all__ = [
@@ -240,7 +240,7 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
                 results.append(None)
     except BaseException as exc:
         if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM while shards compute: stop them at their next forward
-            request_stop()
+            runtime().request_stop()
         raise
     if failures:
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures)

@@ -1,9 +1,9 @@
-"""What the tasks of one worker process share: the loaded base model and the oracles.
+"""What one worker process holds across tasks and flow runs, in one `WorkerRuntime` object per
+process (`runtime()`): the loaded base models and oracles, the stop flag, the run locks it holds
+and the configurations that passed preflight. No other module keeps process-wide state.
 
 Loading the embedded model takes ~1 s from its cached float32 copy (~30 s the very first time);
-every task of a flow run in the same process reuses one instance. All of it lives in one
-`WorkerRuntime` object per process (`runtime()`), so there is one place that holds it and one
-`clear()` that frees it.
+every task of a flow run in the same process reuses one instance; `clear()` frees them.
 
 Stopping: `request_stop` (the CLI calls it on Ctrl-C or SIGTERM) makes every forward pass of a
 model loaded here raise `RunInterrupted` in whichever thread runs it, so that shards computing in
@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sims_core import LanguageModel, load_model, steer
 from sims_core.config import SimsConfig
@@ -26,38 +26,43 @@ from sims_core.steering.hooks import Positions
 from sims_core.steering.steering_set import SteeringSet
 from storage import ArtifactStore
 
-__all__ = ["RunInterrupted", "WorkerRuntime", "clear_stop", "load_steering", "policy", "request_stop", "runtime"]
+if TYPE_CHECKING:
+    from storage import RunLock
 
-_STOP = threading.Event()
+__all__ = ["RunInterrupted", "WorkerRuntime", "load_steering", "policy", "runtime"]
 
 
 class RunInterrupted(SimsError):
     """The run was asked to stop (Ctrl-C, SIGTERM) while this computation was running."""
 
 
-def request_stop() -> None:
-    """Make every forward pass of a model loaded by this process's runtime raise `RunInterrupted`."""
-    _STOP.set()
-
-
-def clear_stop() -> None:
-    """Let models run again (a new run starts in this process)."""
-    _STOP.clear()
-
-
-def _stop_check(module: Any, args: Any) -> None:
-    if _STOP.is_set():
-        raise RunInterrupted("the run was interrupted (Ctrl-C or SIGTERM) during a forward pass")
-
-
 class WorkerRuntime:
-    """Models, oracles and per-model locks of one worker process."""
+    """Models, oracles, per-model locks, the stop flag, held run locks and passed preflights of one
+    worker process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._models: dict[tuple[str, str, str, str | None], LanguageModel] = {}
         self._oracles: dict[tuple[str, str, int], Oracle] = {}
         self._model_locks: dict[int, threading.Lock] = {}
+        self._stop = threading.Event()
+        self.held_locks: dict[tuple[str, str], RunLock] = {}
+        """The run locks this process holds, by (store URL, run id): what `flows.self_improve.run_lock`
+        re-enters and what an interrupted CLI releases before it exits."""
+        self.preflight_passed: set[tuple[str | None, str]] = set()
+        """(run id, config hash) pairs `flows.preflight.preflight` has passed in this process."""
+
+    def request_stop(self) -> None:
+        """Make every forward pass of a model loaded here raise `RunInterrupted`."""
+        self._stop.set()
+
+    def clear_stop(self) -> None:
+        """Let models run again (a new run starts in this process)."""
+        self._stop.clear()
+
+    def _stop_check(self, module: Any, args: Any) -> None:
+        if self._stop.is_set():
+            raise RunInterrupted("the run was interrupted (Ctrl-C or SIGTERM) during a forward pass")
 
     def setup(self, config: SimsConfig) -> None:
         """Per-worker settings before a shard computes: ``engine_options.torch_threads`` caps torch's
@@ -77,7 +82,7 @@ class WorkerRuntime:
                 lm = load_model(
                     config.model, device=config.device, dtype=config.dtype, system_prompt=config.system_prompt
                 )
-                lm.model.register_forward_pre_hook(_stop_check)  # reads one flag; changes nothing
+                lm.model.register_forward_pre_hook(self._stop_check)  # reads one flag; changes nothing
                 self._models[key] = lm
             return self._models[key]
 

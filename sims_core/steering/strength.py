@@ -14,10 +14,10 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from sims_core.fluency import answer_nll, mean_finite
-from sims_core.generation import SamplingParams, generate
+from sims_core.generation import SamplingOverrides, SamplingParams, generate
 from sims_core.models import LanguageModel
 from sims_core.oracles import Oracle, score_candidates
 from sims_core.steering.hooks import Positions, steer
@@ -68,10 +68,7 @@ def select_strength(
     seed: int = 0,
     references: Sequence[str] | None = None,
     sampling: SamplingParams | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    batch_size: int | None = None,
+    **overrides: Unpack[SamplingOverrides],
 ) -> StrengthSelection:
     """Try every (layers, alpha) candidate on ``prompts``; see the module docstring.
     ``references`` (one reference answer per prompt) go to an oracle that needs them.
@@ -81,9 +78,7 @@ def select_strength(
         raise ValueError("alphas is empty: give at least one strength to try")
     if not max_nll_increase >= 0:  # also refuses NaN; inf turns the guard off
         raise ValueError(f"max_nll_increase must be a number >= 0 (inf: no fluency guard), got {max_nll_increase!r}")
-    params = SamplingParams.resolve(
-        sampling, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, batch_size=batch_size
-    )
+    params = SamplingParams.resolve(sampling, **overrides)
     batch_size = params.batch_size
     options: dict[str, Any] = dict(num_samples=1, sampling=params, seed=seed, progress=False)
     candidates = [

@@ -9,7 +9,7 @@ import pytest
 
 from sims_core import generate
 from sims_core.errors import UserError
-from sims_core.generation import SamplingParams, sample_seed
+from sims_core.generation import SamplingOverrides, SamplingParams, sample_seed
 
 PROMPTS = ["hi", "Explain how plants grow: they need water, light and soil.", "What is the capital of France?"]
 
@@ -85,6 +85,7 @@ def test_seed_follows_prompt_identity():
         (["ok"], {"temperature": -1.0}, ValueError, "temperature must be >= 0"),
         (["ok"], {"top_p": 0.0}, ValueError, r"top_p must be in \(0, 1\]"),
         (["ok"], {"batch_size": 0}, ValueError, "batch_size must be a positive integer"),
+        (["ok"], {"max_new_token": 5}, TypeError, "unexpected keyword argument 'max_new_token'"),
     ],
 )
 def test_bad_input_gets_a_clear_error(tiny_lm, prompts, kwargs, error, message):
@@ -260,14 +261,17 @@ def test_sampling_params_hold_the_one_set_of_defaults():
         SamplingParams.resolve({"temperature": 0.5})
     with pytest.raises(dataclasses.FrozenInstanceError):
         params.temperature = 0.1  # type: ignore[misc]
-    # every function that samples takes its defaults from SamplingParams
+    # every function that samples takes its defaults from SamplingParams: the keyword settings are
+    # its fields, taken only as **overrides (so with no default of their own)
     from sims_core.evaluation import best_of_n, evaluate
     from sims_core.steering.strength import select_strength
 
+    assert list(SamplingOverrides.__annotations__) == [field.name for field in dataclasses.fields(SamplingParams)]
     for function in (generate, evaluate, best_of_n, select_strength):
-        signature = inspect.signature(function)
-        assert signature.parameters["sampling"].default is None
-        assert all(signature.parameters[name].default is None for name in ("max_new_tokens", "temperature", "top_p"))
+        parameters = inspect.signature(function).parameters
+        assert parameters["sampling"].default is None
+        assert parameters["overrides"].kind is inspect.Parameter.VAR_KEYWORD
+        assert not set(SamplingOverrides.__annotations__) & set(parameters)
 
 
 def test_sampling_params_and_keywords_give_the_same_answers(tiny_lm):

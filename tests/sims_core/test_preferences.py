@@ -22,6 +22,9 @@ from sims_core.preferences import (
     write_dpo,
 )
 
+DPO_COLUMNS = ["prompt", "chosen", "rejected"]  # TRL's DPO format
+METADATA_COLUMNS = ["margin", "iteration", "source"]  # what metadata=True adds to it
+
 
 def test_best_vs_worst_keeps_the_margin():
     result = pairs_from_scores(["p", "q"], [["a", "b", "c"], ["d", "e"]], [[0.1, 0.9, -0.5], [2.0, 3.0]], iteration=3)
@@ -144,16 +147,7 @@ def test_buffer_dataframe_has_every_field():
     buffer = PreferenceBuffer()
     buffer.update([pair("p", "a", "b", 1.0, 2)], iteration=2)
     frame = buffer.to_dataframe()
-    assert list(frame.columns) == [
-        "prompt",
-        "chosen",
-        "rejected",
-        "margin",
-        "iteration",
-        "source",
-        "chosen_score",
-        "rejected_score",
-    ]
+    assert list(frame.columns) == DPO_COLUMNS + METADATA_COLUMNS + ["chosen_score", "rejected_score"]
     assert frame.iloc[0]["iteration"] == 2
 
 
@@ -163,14 +157,7 @@ def test_dpo_records_in_standard_and_conversational_form():
     conv = to_dpo_records(pairs, conversational=True, metadata=True)[0]
     assert conv["prompt"] == [{"role": "user", "content": "Q?"}]
     assert conv["chosen"] == [{"role": "assistant", "content": "good"}] and conv["margin"] == 1.0
-    assert list(to_dpo_dataframe(pairs, metadata=True).columns) == [
-        "prompt",
-        "chosen",
-        "rejected",
-        "margin",
-        "iteration",
-        "source",
-    ]
+    assert list(to_dpo_dataframe(pairs, metadata=True).columns) == DPO_COLUMNS + METADATA_COLUMNS
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -182,7 +169,7 @@ def test_dpo_files_read_back_as_a_datasets_dataset(tmp_path, suffix):
     path = write_dpo(buffer, tmp_path / f"dpo{suffix}")
     loader = "parquet" if suffix == ".parquet" else "json"
     data = datasets.load_dataset(loader, data_files=str(path), split="train", cache_dir=str(tmp_path / "cache"))
-    assert data.column_names == ["prompt", "chosen", "rejected"]
+    assert data.column_names == DPO_COLUMNS
     assert data[0] == {"prompt": "Q1?", "chosen": "good ü", "rejected": "bad"}
     if suffix == ".jsonl":
         assert json.loads(path.read_text(encoding="utf-8").splitlines()[1]) == {
