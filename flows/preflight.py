@@ -32,6 +32,7 @@ from sims_core.oracles import OracleError, check_oracle, known_oracles, oracle_i
 from sims_core.prompts import make_prompt_records, split_prompts
 from storage import ArtifactStore, Manifest, PromptTable, load_prompt_table, validate_run_id
 from storage.lock import check_unlocked
+from tasks.runtime import runtime
 
 __all__ = ["check_iterations", "check_prompt_lengths", "preflight"]
 
@@ -144,7 +145,6 @@ def preflight(cfg: SimsConfig, run_id: str | None = None) -> None:
     can (see the module docstring for what is checked). Costs a second or two; more only when a
     prompt may be too long for the context window (the tokenizer is then loaded)."""
     from tasks.engine import check_engine
-    from tasks.runtime import runtime
 
     key = (run_id, canonical_hash(cfg.to_dict()))
     if key in runtime().preflight_passed:

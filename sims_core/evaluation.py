@@ -787,7 +787,7 @@ def sample_conditions(
         with _steering(lm, steering, alpha, positions):
             conditions["steered"] = generate(lm, prompts, sampling=params, **gen)
     if "random_direction" in controls:
-        strength = 1.0 if alpha is None else alpha
+        strength = _alpha(alpha)
         random_spec = random_direction_like(steering, lm, strength, seed, prompts) if steering is not None else None
         if random_spec is None:
             notes.append("random_direction control skipped: the steering's size could not be measured")
@@ -848,12 +848,16 @@ def compare(
     return table, pd.DataFrame(summary), checked, notes
 
 
+def _alpha(alpha: float | None) -> float:
+    """The alpha the conditions are sampled at: the caller's, 1 when None (a SteeringSet applies
+    its own alpha on top)."""
+    return 1.0 if alpha is None else float(alpha)
+
+
 def _strength(spec: Any, alpha: float | None) -> float:
-    """The strength ``_steering`` applies: ``alpha`` (1 if None) times a SteeringSet's own
-    alpha; 0 for no steering."""
-    if spec is None:
-        return 0.0
-    return (1.0 if alpha is None else float(alpha)) * float(getattr(spec, "alpha", 1.0))
+    """The strength ``_steering`` applies: `_alpha` times a SteeringSet's own alpha; 0 for no
+    steering."""
+    return 0.0 if spec is None else _alpha(alpha) * float(getattr(spec, "alpha", 1.0))
 
 
 def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: Positions | None):
@@ -861,8 +865,7 @@ def _steering(lm: LanguageModel, spec: Any, alpha: float | None, positions: Posi
 
     if spec is None:
         return contextlib.nullcontext()
-    chosen = 1.0 if alpha is None else alpha  # a SteeringSet already applies its own alpha
-    return steer(lm, spec, alpha=chosen, positions=positions)
+    return steer(lm, spec, alpha=_alpha(alpha), positions=positions)
 
 
 def evaluate(
