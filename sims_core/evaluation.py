@@ -37,7 +37,7 @@ import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -57,6 +57,7 @@ __all__ = [
     "CONTROLS",
     "VERDICTS",
     "BestOfN",
+    "BootstrapOptions",
     "Comparison",
     "Evaluation",
     "LengthControlledWinRate",
@@ -107,27 +108,59 @@ def wilson_interval(p: float, n: int, confidence: float = 0.95) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def _resamples(
-    groups: Sequence[Any] | None, n: int, what: str, confidence: float, n_boot: int, seed: int
-) -> tuple[np.ndarray, int, np.ndarray]:
+class BootstrapOptions(TypedDict, total=False):
+    """The percentile bootstrap's keywords, taken as ``**bootstrap: Unpack[BootstrapOptions]`` by
+    `win_rate` (``method="bootstrap"``), `paired_effect` and `length_controlled_interval`:
+    ``confidence`` (0.95) of the interval, ``n_boot`` (2000) resamples and the ``seed`` (0) of
+    the generator that draws them."""
+
+    confidence: float
+    n_boot: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class _Bootstrap:
     """The prompt bootstrap shared by the win rate, the paired effect and the length-controlled
-    win rate: ``(inverse, n_groups, picks)``. ``inverse[i]`` is item i's group number (groups
-    numbered in the order of their text; with no ``groups`` every item is its own group, in
-    order); ``picks`` is ``[n_boot, n_groups]`` group numbers drawn with replacement, the same
-    for the same seed and groups whatever the statistic."""
-    _z(confidence)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise UserError(f"n_boot must be a positive integer (bootstrap resamples), got {n_boot!r}")
-    if groups is None:
-        inverse, n_groups = np.arange(n), n
-    else:
-        if len(groups) != n:
-            raise ValueError(f"groups has {len(groups)} entries for {n} {what}")
-        _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-        inverse = inverse.reshape(-1)
-        n_groups = int(inverse.max()) + 1
-    picks = np.random.default_rng(seed).integers(0, n_groups, size=(n_boot, n_groups))
-    return inverse, n_groups, picks
+    win rate; its fields are `BootstrapOptions` with their defaults."""
+
+    confidence: float = 0.95
+    n_boot: int = 2000
+    seed: int = 0
+
+    @classmethod
+    def of(cls, options: BootstrapOptions) -> _Bootstrap:
+        unknown = [key for key in options if key not in BootstrapOptions.__optional_keys__]
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument {unknown[0]!r}; the bootstrap options are "
+                f"{', '.join(BootstrapOptions.__annotations__)}"
+            )
+        return cls(**options)
+
+    def resamples(self, groups: Sequence[Any] | None, n: int, what: str) -> tuple[np.ndarray, int, np.ndarray]:
+        """``(inverse, n_groups, picks)``: ``inverse[i]`` is item i's group number (groups
+        numbered in the order of their text; with no ``groups`` every item is its own group, in
+        order); ``picks`` is ``[n_boot, n_groups]`` group numbers drawn with replacement, the
+        same for the same seed and groups whatever the statistic."""
+        _z(self.confidence)
+        if isinstance(self.n_boot, bool) or not isinstance(self.n_boot, int) or self.n_boot < 1:
+            raise UserError(f"n_boot must be a positive integer (bootstrap resamples), got {self.n_boot!r}")
+        if groups is None:
+            inverse, n_groups = np.arange(n), n
+        else:
+            if len(groups) != n:
+                raise ValueError(f"groups has {len(groups)} entries for {n} {what}")
+            _, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+            inverse = inverse.reshape(-1)
+            n_groups = int(inverse.max()) + 1
+        picks = np.random.default_rng(self.seed).integers(0, n_groups, size=(self.n_boot, n_groups))
+        return inverse, n_groups, picks
+
+    def interval(self, stats: np.ndarray) -> tuple[float, float]:
+        """The percentile interval of the resampled statistics."""
+        tail = (1 - self.confidence) / 2
+        return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
 
 def _ratio_stats(values: np.ndarray, inverse: np.ndarray, n_groups: int, picks: np.ndarray) -> np.ndarray:
@@ -137,46 +170,38 @@ def _ratio_stats(values: np.ndarray, inverse: np.ndarray, n_groups: int, picks: 
     return sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
 
 
-def _percentiles(stats: np.ndarray, confidence: float) -> tuple[float, float]:
-    tail = (1 - confidence) / 2
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
-
-
 def win_rate(
     prefs: Sequence[float],
     *,
     method: Literal["wilson", "bootstrap"] = "wilson",
-    confidence: float = 0.95,
     groups: Sequence[Any] | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    **bootstrap: Unpack[BootstrapOptions],
 ) -> tuple[float, float, float]:
     """(rate, low, high): the mean preference (ties = 0.5) and its confidence interval.
 
-    ``method="wilson"``: Wilson score interval with n = number of comparisons.
+    ``method="wilson"``: Wilson score interval with n = number of comparisons (of the
+    `BootstrapOptions`, only ``confidence`` applies).
     ``method="bootstrap"``: percentile bootstrap (seeded); with ``groups`` (e.g. the prompt of
     each comparison) whole groups are resampled, which widens the interval honestly when several
     samples share a prompt.
     """
     values = _prefs(prefs)
     rate = float(values.mean())
+    boot = _Bootstrap.of(bootstrap)
     if method == "wilson":
-        low, high = wilson_interval(rate, values.size, confidence)
+        low, high = wilson_interval(rate, values.size, boot.confidence)
         return rate, low, high
     if method != "bootstrap":
         raise ValueError(f"method must be 'wilson' or 'bootstrap', got {method!r}")
-    inverse, n_groups, picks = _resamples(groups, values.size, "preferences", confidence, n_boot, seed)
-    stats = _ratio_stats(values, inverse, n_groups, picks)
-    return (rate, *_percentiles(stats, confidence))
+    inverse, n_groups, picks = boot.resamples(groups, values.size, "preferences")
+    return (rate, *boot.interval(_ratio_stats(values, inverse, n_groups, picks)))
 
 
 def paired_effect(
     scores: Sequence[float],
     baseline_scores: Sequence[float],
     groups: Sequence[Any] | None = None,
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
+    **bootstrap: Unpack[BootstrapOptions],
 ) -> tuple[float, float, float]:
     """(mean, low, high): the mean paired difference ``scores - baseline_scores`` (each pair:
     the same prompt and sample seed on both sides) and its percentile bootstrap interval.
@@ -192,9 +217,9 @@ def paired_effect(
     diff = a - b
     if not np.all(np.isfinite(diff)):
         raise UserError("paired_effect needs finite scores; leave out the pairs with an infinite or NaN score first")
-    inverse, n_groups, picks = _resamples(groups, diff.size, "score pairs", confidence, n_boot, seed)
-    stats = _ratio_stats(diff, inverse, n_groups, picks)
-    return (float(diff.mean()), *_percentiles(stats, confidence))
+    boot = _Bootstrap.of(bootstrap)
+    inverse, n_groups, picks = boot.resamples(groups, diff.size, "score pairs")
+    return (float(diff.mean()), *boot.interval(_ratio_stats(diff, inverse, n_groups, picks)))
 
 
 @dataclass(frozen=True)
@@ -333,25 +358,24 @@ def length_controlled_interval(
     reference_lengths: Sequence[float],
     *,
     groups: Sequence[Any] | None = None,
-    confidence: float = 0.95,
-    n_boot: int = 2000,
-    seed: int = 0,
     l2: float = 1e-3,
+    **bootstrap: Unpack[BootstrapOptions],
 ) -> tuple[float, float]:
     """(low, high): percentile bootstrap interval of `length_controlled_win_rate`. Each
     resample draws whole ``groups`` (prompts) as `win_rate` does, with the same generator, and
     refits the model (length scale included) on the drawn comparisons."""
     y, diff = _lc_inputs(prefs, steered_lengths, reference_lengths)
-    inverse, n_groups, picks = _resamples(groups, y.size, "preferences", confidence, n_boot, seed)
+    boot = _Bootstrap.of(bootstrap)
+    inverse, n_groups, picks = boot.resamples(groups, y.size, "preferences")
     rates = []
-    for start in range(0, n_boot, 256):  # bounded memory: [256, comparisons] arrays
+    for start in range(0, boot.n_boot, 256):  # bounded memory: [256, comparisons] arrays
         chunk = picks[start : start + 256]
         drawn = np.zeros((chunk.shape[0], n_groups))
         np.add.at(drawn, (np.repeat(np.arange(chunk.shape[0]), n_groups), chunk.reshape(-1)), 1.0)
         weights = drawn[:, inverse]
         beta = _fit_logistic_weighted(_length_features(diff, weights), y, weights, l2)
         rates.append(1 / (1 + np.exp(-beta[:, 0])))
-    return _percentiles(np.concatenate(rates), confidence)
+    return boot.interval(np.concatenate(rates))
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:

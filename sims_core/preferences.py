@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sims_core.oracles.base import Oracle, check_scores, validate_candidates
+from sims_core.oracles.base import Candidates, Oracle, Scores, check_scores, validate_candidates
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -89,7 +89,7 @@ class PairSet:
 
 def pairs_from_scores(
     prompts: Sequence[str],
-    candidates: Sequence[Sequence[str]],
+    candidates: Candidates,
     scores: Sequence[Sequence[float]],
     *,
     strategy: Strategy = "best_worst",
@@ -153,8 +153,8 @@ def ranks(scores: Sequence[float]) -> list[int]:
 
 
 def rank_and_pair(
-    oracle: Oracle, prompts: Sequence[str], candidates: Sequence[Sequence[str]], **options: Any
-) -> tuple[list[list[float]], PairSet]:
+    oracle: Oracle, prompts: Sequence[str], candidates: Candidates, **options: Any
+) -> tuple[Scores, PairSet]:
     """Score with ``oracle`` and make pairs (options as for `pairs_from_scores`)."""
     scores = oracle.score(prompts, candidates)
     return scores, pairs_from_scores(prompts, candidates, scores, oracle=oracle.name, **options)

@@ -36,17 +36,19 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from sims_core.errors import UserError
 
 __all__ = [
     "CAPABILITY_DEFAULTS",
+    "Candidates",
     "ENTRY_POINT_GROUP",
     "Oracle",
     "OracleError",
     "OracleInfo",
     "PairwiseJudge",
+    "Scores",
     "check_oracle",
     "check_scores",
     "declare_capabilities",
@@ -73,6 +75,12 @@ CAPABILITY_DEFAULTS: dict[str, bool] = {
 }
 
 
+Candidates: TypeAlias = Sequence[Sequence[str]]
+"""What an oracle scores: one list of K >= 2 answers per prompt (K may differ between prompts)."""
+Scores: TypeAlias = list[list[float]]
+"""What an oracle returns: one float per candidate, in the shape of its `Candidates`; higher = preferred."""
+
+
 class OracleError(UserError):
     """Bad oracle input or output; the message names the oracle, prompt and candidate."""
 
@@ -83,7 +91,7 @@ class Oracle(Protocol):
 
     name: str
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]: ...
+    def score(self, prompts: Sequence[str], candidates: Candidates) -> Scores: ...
 
 
 @runtime_checkable
@@ -138,9 +146,7 @@ def validate_candidates(
     return out_prompts, out_candidates
 
 
-def check_scores(
-    oracle: str, prompts: Sequence[str], candidates: Sequence[Sequence[str]], scores: object
-) -> list[list[float]]:
+def check_scores(oracle: str, prompts: Sequence[str], candidates: Candidates, scores: object) -> Scores:
     """Check an oracle's output: one float per candidate, no NaN (an error naming the oracle,
     prompt and candidate). Infinite values pass through."""
     if isinstance(scores, str) or not isinstance(scores, Sequence) or len(scores) != len(candidates):
@@ -238,9 +244,9 @@ def oracle_capabilities(oracle: object) -> dict[str, bool]:
 def score_candidates(
     oracle: Oracle,
     prompts: Sequence[str],
-    candidates: Sequence[Sequence[str]],
+    candidates: Candidates,
     references: Sequence[str] | None = None,
-) -> list[list[float]]:
+) -> Scores:
     """``oracle.score(prompts, candidates)``, with ``references=`` passed when the oracle
     ``needs_reference`` (ignored otherwise), its output checked by `check_scores`."""
     name = getattr(oracle, "name", type(oracle).__name__)

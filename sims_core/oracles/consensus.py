@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
-from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
+from sims_core.oracles.base import Candidates, Scores, check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["ConsensusOracle"]
 
@@ -38,7 +38,7 @@ class ConsensusOracle(SimilarityOracle):
 
     kind: ClassVar[str] = "consensus"
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates) -> Scores:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         pairs: list[tuple[int, int, int]] = []  # (prompt, i, j) with i < j, both non-empty
         for p, group in enumerate(candidates):

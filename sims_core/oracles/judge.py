@@ -19,7 +19,7 @@ import numpy as np
 
 from sims_core.models import LanguageModel
 from sims_core.oracles._lm import next_token_logprobs, resolve_lm, single_token_id
-from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
+from sims_core.oracles.base import Candidates, Scores, check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["DEFAULT_JUDGE_TEMPLATE", "SelfJudgeOracle", "bradley_terry"]
 
@@ -110,7 +110,7 @@ class SelfJudgeOracle:
             out.append(float(1.0 / (1.0 + np.exp(lb - la))))
         return out
 
-    def preference_matrices(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    def preference_matrices(self, prompts: Sequence[str], candidates: Candidates) -> list[np.ndarray]:
         """Per prompt, ``P[i, j]`` = probability that candidate i beats j, averaged over both
         orders (so ``P[i, j] + P[j, i] = 1``; the diagonal is 0)."""
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
@@ -131,7 +131,7 @@ class SelfJudgeOracle:
             raw[p][j, i] += (1 - prob) / 2  # j shown second, lost with 1 - prob
         return raw
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates) -> Scores:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         matrices = self.preference_matrices(prompts, candidates)
         if self.aggregation == "wins":

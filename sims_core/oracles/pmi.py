@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from sims_core.models import LanguageModel
 from sims_core.oracles._lm import continuation_logprobs, resolve_lm
-from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates
+from sims_core.oracles.base import Candidates, Scores, check_scores, declare_capabilities, validate_candidates
 
 __all__ = ["DEFAULT_PMI_TEMPLATE", "PMIOracle"]
 
@@ -70,7 +70,7 @@ class PMIOracle:
             values = [v / len(t) for v, t in zip(values, targets)]
         return values
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates) -> Scores:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         flat_prompts = [p for p, g in zip(prompts, candidates) for _ in g]
         flat_answers = [a for g in candidates for a in g]

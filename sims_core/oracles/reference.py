@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sims_core.oracles._similarity import EMPTY_SCORE, SimilarityOracle
-from sims_core.oracles.base import check_scores, declare_capabilities, validate_candidates, validate_references
+from sims_core.oracles.base import (
+    Candidates,
+    Scores,
+    check_scores,
+    declare_capabilities,
+    validate_candidates,
+    validate_references,
+)
 
 __all__ = ["ReferenceJudge"]
 
@@ -33,12 +40,7 @@ class ReferenceJudge(SimilarityOracle):
 
     kind: ClassVar[str] = "reference"
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        candidates: Sequence[Sequence[str]],
-        references: Sequence[str] | None = None,
-    ) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates, references: Sequence[str] | None = None) -> Scores:
         """One score per candidate: its similarity to ``references[i]`` (-1 when empty)."""
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         references = validate_references(references, prompts, self.name)

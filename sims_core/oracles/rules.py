@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 
 from sims_core.oracles.base import (
+    Candidates,
     Oracle,
     OracleError,
+    Scores,
     check_scores,
     declare_capabilities,
     get_oracle,
@@ -111,7 +113,7 @@ class CallableOracle:
             shape = "one list of numbers per prompt" if batched else "one number per answer"
             raise OracleError(f"{exc} on a probe of 2 prompts x 2 answers; it must return {shape}") from None
 
-    def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates) -> Scores:
         prompts, candidates = validate_candidates(prompts, candidates, self.name)
         if self.batched:
             raw = self.fn(prompts, candidates)
@@ -194,12 +196,7 @@ class SumOracle:
         self.uses_policy_model = any(p["uses_policy_model"] for p in parts)
         self.comparable_scores = not self.standardize and all(p["comparable_scores"] for p in parts)
 
-    def score(
-        self,
-        prompts: Sequence[str],
-        candidates: Sequence[Sequence[str]],
-        references: Sequence[str] | None = None,
-    ) -> list[list[float]]:
+    def score(self, prompts: Sequence[str], candidates: Candidates, references: Sequence[str] | None = None) -> Scores:
         """Weighted sum of the components' scores; ``references`` go to the components that
         need them."""
         prompts, candidates = validate_candidates(prompts, candidates, self.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -329,6 +330,22 @@ def test_paired_effect_refuses_bad_input():
         paired_effect([math.inf], [0.0])
     with pytest.raises(UserError, match="n_boot must be a positive integer"):
         paired_effect([1.0], [0.0], n_boot=0)
+
+
+def test_a_misspelt_bootstrap_keyword_names_the_options():
+    expected = "unexpected keyword argument 'n_boots'; the bootstrap options are confidence, n_boot, seed"
+    for call in (
+        lambda: paired_effect([1.0, 2.0], [0.0, 1.0], n_boots=10),
+        lambda: win_rate([1, 0], method="bootstrap", n_boots=10),
+        lambda: length_controlled_interval([1, 0], [3, 4], [4, 3], n_boots=10),
+    ):
+        with pytest.raises(TypeError, match=re.escape(expected)):
+            call()
+    # the defaults live in one place: omitting them equals passing the documented values
+    prefs = [1, 0, 1, 1, 0.5, 1]
+    assert win_rate(prefs, method="bootstrap") == win_rate(
+        prefs, method="bootstrap", confidence=0.95, n_boot=2000, seed=0
+    )
 
 
 def test_length_controlled_interval_covers_its_estimate_and_widens_with_fewer_prompts():
