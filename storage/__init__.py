@@ -39,7 +39,7 @@ from .layout import shard_phase, split_shard_phase, validate_run_id
 from .lock import RunLock, RunLockedError
 from .manifest import Manifest, PhaseEntry
 from .prompt_sources import PromptSourceError, PromptTable, load_prompt_table
-from .schemas import SCHEMAS, allows_extra_columns, schema_for
+from .schemas import SCHEMAS, allows_extra_columns
 from .store import ArtifactStore, WrittenArtifact
 
 __all__ = [
@@ -65,7 +65,6 @@ __all__ = [
     "WrittenArtifact",
     "allows_extra_columns",
     "load_prompt_table",
-    "schema_for",
     "shard_phase",
     "split_shard_phase",
     "validate_run_id",

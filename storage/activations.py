@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schemas import ACTIVATION_DTYPES, ACTIVATION_ROLES, activations_schema, check_schema
@@ -297,10 +298,6 @@ class ActivationReader:
         return self._pf.metadata.num_rows
 
     @property
-    def num_row_groups(self) -> int:
-        return self._pf.metadata.num_row_groups
-
-    @property
     def layers(self) -> list[int]:
         return sorted(self._layer_groups)
 
@@ -328,28 +325,18 @@ class ActivationReader:
 
     def iter_batches(self, layer: int | None = None) -> Iterator[ActivationBatch]:
         """Yield one batch per row group (of ``layer`` only, when given)."""
-        groups = self.row_groups_for(layer) if layer is not None else range(self.num_row_groups)
+        groups = self.row_groups_for(layer) if layer is not None else range(self._pf.metadata.num_row_groups)
         for i in groups:
             yield self._batch(self._read(i), layer)
 
     def load_layer(self, layer: int, role: str | None = None) -> ActivationBatch:
         """All rows of ``layer`` (optionally of one ``role``) with values ``[n, hidden]``."""
-        groups = self.row_groups_for(layer)
-        table = self._read(*groups)
-        batch = self._batch(table, int(layer))
+        table = self._read(*self.row_groups_for(layer))
         if role is not None:
             if role not in ACTIVATION_ROLES:
                 raise ValueError(f"role {role!r} is not one of {ACTIVATION_ROLES}")
-            keep = np.array([r == role for r in batch.roles], dtype=bool)
-            batch = ActivationBatch(
-                layer=batch.layer,
-                pair_ids=[p for p, k in zip(batch.pair_ids, keep) if k],
-                roles=[role] * int(keep.sum()),
-                token_counts=batch.token_counts[keep],
-                values=batch.values[keep],
-                layers=None if batch.layers is None else batch.layers[keep],
-            )
-        return batch
+            table = table.filter(pc.equal(table.column("role"), role))
+        return self._batch(table, int(layer))
 
     def load_pairs(self, layer: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """``(H_chosen, H_rejected, pair_ids)`` of ``layer``, row i of both from pair i.

@@ -63,13 +63,11 @@ class ArtifactSchemaError(UserError):
     def __init__(
         self, path: str, column: str, problem: str, expected: str | None = None, schema_name: str | None = None
     ) -> None:
-        self.path, self.column, self.problem, self.expected, self.schema_name = (
-            path,
-            column,
-            problem,
-            expected,
-            schema_name,
-        )
+        self.path = path
+        self.column = column
+        self.problem = problem
+        self.expected = expected
+        self.schema_name = schema_name
         msg = f"{path}: column '{column}' {problem}"
         if expected is not None:
             msg += f"; expected {expected}"

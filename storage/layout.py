@@ -30,7 +30,6 @@ __all__ = [
     "validate_run_id",
     "validate_phase",
     "validate_iteration",
-    "iteration_dir",
     "artifact_relpath",
     "phase_sort_key",
     "shard_phase",
@@ -87,17 +86,13 @@ def validate_iteration(iteration: int) -> int:
     return iteration
 
 
-def iteration_dir(iteration: int) -> str:
-    return f"iter={validate_iteration(iteration)}"
-
-
 def artifact_relpath(iteration: int, phase: str, ext: str | None = None) -> str:
     """``iter={t}/{phase}.{ext}``; ``ext`` defaults to the phase's (parquet, safetensors)."""
     validate_phase(phase)
     ext = (ext or PHASE_EXTENSIONS.get(phase, "parquet")).lstrip(".")
     if not _EXT.match(ext):
         raise ValueError(f"file extension {ext!r} is not valid")
-    return f"{iteration_dir(iteration)}/{phase}.{ext}"
+    return f"iter={validate_iteration(iteration)}/{phase}.{ext}"
 
 
 def shard_phase(phase: str, shard: int, count: int) -> str:
@@ -119,8 +114,5 @@ def split_shard_phase(name: str) -> tuple[str, int, int]:
 
 def phase_sort_key(phase: str) -> tuple[int, str]:
     """Pipeline order for known phases (a shard right after its phase's position), then alphabetical."""
-    base, _, _ = split_shard_phase(phase)
-    try:
-        return (PHASES.index(base), phase)
-    except ValueError:
-        return (len(PHASES), phase)
+    base = split_shard_phase(phase)[0]
+    return (PHASES.index(base) if base in PHASES else len(PHASES), phase)

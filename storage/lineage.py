@@ -158,7 +158,6 @@ class Lineage:
     ) -> dict[str, Any]:
         """Make ``steering`` (and its memory bank) the current one, if the current one is still
         ``expected_sha256`` (None: no current steering yet); returns the new pointer."""
-
         current = self.pointer()
         if (current or {}).get("sha256") != expected_sha256:
             raise LineageConflictError(

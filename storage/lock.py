@@ -113,9 +113,8 @@ def check_unlocked(store: ArtifactStore | str | None, run_id: str) -> LockInfo |
 def read_lock(store: ArtifactStore | str | None, run_id: str) -> LockInfo | None:
     """The current holder of the run's lock, or None when the run is not locked."""
     store = ArtifactStore.open(store)
-    uri = store.lock_uri(run_id)
     try:
-        raw = store.read_bytes(uri)
+        raw = store.read_bytes(store.lock_uri(run_id))
     except FileNotFoundError:
         return None
     return LockInfo.from_bytes(raw)
@@ -134,23 +133,14 @@ class RunLock:
 
     ``holder`` is a free label shown to whoever is refused (e.g. ``"sims run (flow abc)"``);
     host, pid and time are added. ``force=True`` takes the lock whoever holds it (with a
-    warning). ``take_over_dead=False`` refuses even a lock whose process died on this host.
+    warning).
     """
 
-    def __init__(
-        self,
-        store: ArtifactStore | str | None,
-        run_id: str,
-        holder: str,
-        *,
-        force: bool = False,
-        take_over_dead: bool = True,
-    ) -> None:
+    def __init__(self, store: ArtifactStore | str | None, run_id: str, holder: str, *, force: bool = False) -> None:
         self.store = ArtifactStore.open(store)
         self.run_id = validate_run_id(run_id)
         self.holder = holder
         self.force = force
-        self.take_over_dead = take_over_dead
         self.uri = self.store.lock_uri(run_id)
         self.info: LockInfo | None = None
 
@@ -194,7 +184,7 @@ class RunLock:
                 self.store.write_bytes(self.uri, info.to_json())
                 self.info = info
                 return info
-            if self.take_over_dead and is_stale(current):
+            if is_stale(current):
                 warnings.warn(
                     f"taking over the stale lock of run {self.run_id!r} left by {current.describe()}: "
                     "that process is no longer running",
@@ -282,14 +272,10 @@ class RunLock:
             with open(aside, "rb") as f:
                 moved = LockInfo.from_bytes(f.read())
             if moved.token != expected.token:  # we moved someone else's fresh lock: put it back
-                try:
+                with contextlib.suppress(FileExistsError):
                     os.link(aside, path)
-                except FileExistsError:
-                    pass
-                os.unlink(aside)
-                return False
             os.unlink(aside)
-            return True
+            return moved.token == expected.token
         current = read_lock(self.store, self.run_id)
         if current is None or current.token != expected.token:
             return False

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -84,9 +83,6 @@ class PhaseEntry:
     error: str | None = None
     attempts: int = 0
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PhaseEntry:
         kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
@@ -130,20 +126,12 @@ def _lock_for(uri: str) -> threading.RLock:
 class Manifest:
     """The manifest of one run. Create with `load`, `load_or_create` or `rebuild`."""
 
-    def __init__(
-        self,
-        store: ArtifactStore | str | os.PathLike[str] | None,
-        run_id: str,
-        *,
-        config: dict[str, Any] | None = None,
-        sims_version: str | None = None,
-        created_at: str | None = None,
-    ) -> None:
+    def __init__(self, store: ArtifactStore | str | os.PathLike[str] | None, run_id: str) -> None:
         self.store = ArtifactStore.open(store)
         self.run_id = validate_run_id(run_id)
-        self.config: dict[str, Any] = dict(config or {})
-        self.sims_version = sims_version
-        self.created_at = created_at or utc_now()
+        self.config: dict[str, Any] = {}
+        self.sims_version: str | None = None
+        self.created_at = utc_now()
         self.updated_at: str | None = None
         self._entries: dict[tuple[int, str], PhaseEntry] = {}
 
@@ -151,18 +139,6 @@ class Manifest:
     @property
     def uri(self) -> str:
         return self.store.manifest_uri(self.run_id)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
-            "run_id": self.run_id,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "sims_version": self.sims_version,
-            "store": self.store.url,
-            "config": self.config,
-            "entries": [e.to_dict() for e in self.entries],
-        }
 
     def _damaged(self, source: str, why: str) -> ManifestDamagedError:
         return ManifestDamagedError(
@@ -265,8 +241,16 @@ class Manifest:
 
     def _write(self) -> None:
         self.updated_at = utc_now()
-        data = self.to_dict()
-        data["entries"] = [e for e in data["entries"] if not _is_shard(e["phase"])]  # they have their own files
+        data = {
+            "format": MANIFEST_FORMAT,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "sims_version": self.sims_version,
+            "store": self.store.url,
+            "config": self.config,
+            "entries": [dataclasses.asdict(e) for e in self.entries if not _is_shard(e.phase)],  # shards have own files
+        }
         self.store.write_bytes(self.uri, json.dumps(data, indent=2, default=json_default) + "\n")
 
     def _commit(self, mutate: Callable[[Manifest], Any]) -> Any:
@@ -292,7 +276,7 @@ class Manifest:
             except FileNotFoundError:
                 self._entries.pop((iteration, phase), None)
             entry = mutate(self)
-            self.store.write_bytes(uri, json.dumps(entry.to_dict(), indent=2, default=json_default) + "\n")
+            self.store.write_bytes(uri, json.dumps(dataclasses.asdict(entry), indent=2, default=json_default) + "\n")
             return entry
 
     # ------------------------------------------------------------ queries
@@ -415,10 +399,8 @@ class Manifest:
 
     # ------------------------------------------------------------ updates
     def _make_output(self, value: str | WrittenArtifact | OutputRecord, source: str) -> OutputRecord:
-        if isinstance(value, OutputRecord):
-            rec = dataclasses.replace(value)
-        elif isinstance(value, WrittenArtifact):
-            rec = OutputRecord(value.uri, value.sha256, value.size, value.rows, value.fingerprint)
+        if isinstance(value, (OutputRecord, WrittenArtifact)):  # the same fields
+            rec = OutputRecord(**dataclasses.asdict(value))
         else:
             fp = self.store.fingerprint(str(value))
             if fp is None:
@@ -437,16 +419,14 @@ class Manifest:
         input_hashes: dict[str, str] | None = None,
         outputs: Mapping[str, str | WrittenArtifact | OutputRecord] | None = None,
         rows: int | None = None,
-        started_at: str | None = None,
         finished_at: str | None = None,
-        duration_s: float | None = None,
         error: str | BaseException | None = None,
     ) -> PhaseEntry:
         """Create or replace the entry of (iteration, phase) and save the manifest.
 
         Fields left as None keep their previous value, except that a new status other than
         'failed' clears the error. Output hashes of plain URIs are computed here; rows default
-        to the main output's row count; duration defaults to finished_at - started_at. An output
+        to the main output's row count; duration is finished_at - started_at. An output
         outside the run folder is an `UnsafeURIError`.
         """
         if status not in STATUSES:
@@ -463,16 +443,13 @@ class Manifest:
             e.status = status
             e.config_hash = config_hash if config_hash is not None else e.config_hash
             e.input_hashes = dict(input_hashes) if input_hashes is not None else e.input_hashes
-            e.started_at = started_at or e.started_at
             e.finished_at = finished_at or e.finished_at
             if outputs is not None:
                 e.outputs = built
                 main = built.get(phase) or next(iter(built.values()), None)
                 e.rows = main.rows if main is not None else None
             e.rows = int(rows) if rows is not None else e.rows
-            if duration_s is not None:
-                e.duration_s = float(duration_s)
-            elif e.started_at and e.finished_at:
+            if e.started_at and e.finished_at:
                 delta = datetime.fromisoformat(e.finished_at) - datetime.fromisoformat(e.started_at)
                 e.duration_s = round(delta.total_seconds(), 3)
             e.error = error if status == "failed" else None
@@ -629,13 +606,9 @@ class Manifest:
         import pandas as pd
 
         columns = ["iteration", "phase", "status", "rows", "seconds", "finished_at", "error"]
-        rows = [
-            [e.iteration, e.phase, e.status, e.rows, math.nan if e.duration_s is None else e.duration_s]
-            + [e.finished_at, e.error]
-            for e in self.entries
-        ]
+        rows = [[e.iteration, e.phase, e.status, e.rows, e.duration_s, e.finished_at, e.error] for e in self.entries]
         df = pd.DataFrame(rows, columns=columns)
-        return df.astype({"iteration": "int64", "rows": "Int64", "seconds": "float64"})
+        return df.astype({"iteration": "int64", "rows": "Int64", "seconds": "float64"})  # a missing duration: NaN
 
     def __repr__(self) -> str:
         return f"Manifest(run_id={self.run_id!r}, store={self.store.url!r}, entries={len(self._entries)})"

@@ -112,11 +112,7 @@ def load_prompt_table(
         from sims_core.prompts import default_prompts
 
         records = default_prompts()  # every built-in prompt has its reference answer
-        data: dict[str, list[Any]] = {
-            "prompt": [r.prompt for r in records],
-            "category": [r.category for r in records],
-            "reference": [r.reference for r in records],
-        }
+        data: dict[str, list[Any]] = {k: [getattr(r, k) for r in records] for k in wanted}
         return _table(DEFAULT_SOURCE, "the built-in prompt set", data, wanted, require_reference)
     if source.startswith(HF_PREFIX):
         return _load_hf(source, wanted, split, require_reference, storage_options)
@@ -128,7 +124,7 @@ def load_prompt_table(
                 f"prompt source {source!r} matches no {', '.join(SUPPORTED_EXTENSIONS)} file; a glob or folder "
                 "source reads every prompt file it names"
             )
-        return _table(source, f"prompt files {source!r}", _read_files(fs, files, source), wanted, require_reference)
+        return _table(source, f"prompt files {source!r}", _read_files(fs, files), wanted, require_reference)
     if not fs.exists(path):
         raise NotFoundError(f"prompt file {source!r} does not exist")
     if fs.isdir(path):
@@ -142,7 +138,7 @@ def load_prompt_table(
                 f"prompt source {source!r} is a folder with no {', '.join(SUPPORTED_EXTENSIONS)} file (a folder or "
                 f"prefix source reads every prompt file in it; 'hf:{source}' reads a dataset directory)"
             )
-        return _table(source, f"prompt folder {source!r}", _read_files(fs, files, source), wanted, require_reference)
+        return _table(source, f"prompt folder {source!r}", _read_files(fs, files), wanted, require_reference)
     ext = _extension(path)
     if ext is None:
         raise PromptSourceError(
@@ -158,7 +154,7 @@ def _extension(path: str) -> str | None:
     return next((e for e in SUPPORTED_EXTENSIONS if path.lower().endswith(e)), None)
 
 
-def _read_files(fs: Any, paths: list[str], source: str) -> dict[str, list[Any]]:
+def _read_files(fs: Any, paths: list[str]) -> dict[str, list[Any]]:
     """The columns of several prompt files, concatenated in order (a column a file lacks is None
     for its rows): a folder, prefix or glob of files that grows with new traffic."""
     parts = [_read_file(fs.cat_file(p), _extension(p), fs.unstrip_protocol(p)) for p in paths]

@@ -194,13 +194,6 @@ def _cast_column(col: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
     raise TypeError("different kind of type")
 
 
-def _declared(schema: str | pa.Schema, schema_name: str | None) -> tuple[pa.Schema, str, bool]:
-    declared = schema_for(schema) if isinstance(schema, str) else schema
-    name = schema if isinstance(schema, str) else schema_name or (declared.metadata or {}).get(b"sims.artifact", b"?")
-    name = name.decode() if isinstance(name, bytes) else name
-    return declared, name, (declared.metadata or {}).get(_EXTRA) == b"true"
-
-
 def _from_rows(rows: list[dict[str, Any]], declared: pa.Schema, path: str, schema_name: str) -> pa.Table:
     """A table of ``rows`` (dicts): declared columns first; with no rows, every declared column, empty."""
     columns: dict[str, pa.Array] = {}
@@ -216,22 +209,18 @@ def _from_rows(rows: list[dict[str, Any]], declared: pa.Schema, path: str, schem
     return pa.table(columns)
 
 
-def fill_optional(table: pa.Table, schema: str | pa.Schema) -> pa.Table:
+def fill_optional(table: pa.Table, schema_name: str) -> pa.Table:
     """``table`` with each optional declared column it lacks added (all null) at its declared place."""
-    declared, _, _ = _declared(schema, None)
-    for i, field in enumerate(declared):
+    for i, field in enumerate(schema_for(schema_name)):
         if _meta(field, _OPTIONAL) and field.name not in table.column_names:
             table = table.add_column(min(i, table.num_columns), field, pa.nulls(table.num_rows, field.type))
     return table
 
 
-def conform_table(
-    data: Any, schema: str | pa.Schema, path: str = "<table>", schema_name: str | None = None
-) -> pa.Table:
+def conform_table(data: Any, schema_name: str, path: str = "<table>") -> pa.Table:
     """Return ``data`` (a list of row dicts, a pyarrow Table/RecordBatch or a pandas DataFrame)
-    conformed to ``schema``: a registry name, or a concrete schema (``schema_name`` then names it in
-    errors; its metadata decides whether extra columns are allowed)."""
-    declared, schema_name, allow_extra = _declared(schema, schema_name)
+    conformed to the declared schema ``schema_name``."""
+    declared, allow_extra = schema_for(schema_name), allows_extra_columns(schema_name)
     if isinstance(data, list):
         data = _from_rows(data, declared, path, schema_name)
     elif isinstance(data, pa.RecordBatch):
@@ -279,13 +268,13 @@ def conform_table(
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=declared.metadata))
 
 
-def check_schema(actual: pa.Schema, schema: str | pa.Schema, path: str, schema_name: str | None = None) -> None:
-    """Raise `ArtifactSchemaError` unless ``actual`` (a file's schema) fits ``schema``.
+def check_schema(actual: pa.Schema, schema_name: str, path: str) -> None:
+    """Raise `ArtifactSchemaError` unless ``actual`` (a file's schema) fits the declared schema ``schema_name``.
 
     Declared columns must be present (optional ones may be absent) with the declared type
     (string / large_string / dictionary<string> count as string); undeclared columns are
     refused unless allowed."""
-    declared, schema_name, allow_extra = _declared(schema, schema_name)
+    declared, allow_extra = schema_for(schema_name), allows_extra_columns(schema_name)
     for field in declared:
         if field.name not in actual.names:
             if _meta(field, _OPTIONAL):

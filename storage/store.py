@@ -320,7 +320,9 @@ class ArtifactStore:
         return self.run_uri(run_id, self.inside_run(run_id, uri, source=source))
 
     # ------------------------------------------------------------ files, fingerprints, hashes
-    def _fingerprint(self, path: str) -> str | None:
+    def fingerprint(self, uri: str) -> str | None:
+        """A cheap identity of the stored object (size/mtime/inode or size/ETag); None if missing."""
+        path = self.path(uri)
         if self.is_local:
             try:
                 st = os.stat(path)
@@ -339,7 +341,7 @@ class ArtifactStore:
         return f"{info.get('size')}:{etag}:{info.get('VersionId') or ''}:{modified}"
 
     def _remember(self, path: str, sha: str, fp: str | None = None) -> str | None:
-        fp = fp or self._fingerprint(path)
+        fp = fp or self.fingerprint(path)
         if fp is not None:
             with _memo_lock:
                 _memo[(self.protocol, path)] = (fp, sha)
@@ -347,10 +349,6 @@ class ArtifactStore:
                 while len(_memo) > _MEMO_MAX:
                     _memo.popitem(last=False)
         return fp
-
-    def fingerprint(self, uri: str) -> str | None:
-        """A cheap identity of the stored object (size/mtime/inode or size/ETag); None if missing."""
-        return self._fingerprint(self.path(uri))
 
     def exists(self, uri: str) -> bool:
         """Whether a complete object is stored at ``uri`` (never true for a partial write)."""
@@ -361,7 +359,7 @@ class ArtifactStore:
         ``known=(fingerprint, sha256)`` (a manifest's record) is trusted while the fingerprint
         matches. A `NotFoundError` names the URI when nothing is stored there."""
         path = self.path(uri)
-        fp = self._fingerprint(path)
+        fp = self.fingerprint(path)
         if fp is None:
             raise NotFoundError(f"cannot hash {self._uri(path)}: no such file")
         if known is not None and known[0] == fp:
@@ -375,17 +373,15 @@ class ArtifactStore:
         with self.fs.open(path, "rb") as f:
             while chunk := f.read(_HASH_CHUNK):
                 sha.update(chunk)
-        if self._fingerprint(path) == fp:  # only memoise what did not change while it was read
+        if self.fingerprint(path) == fp:  # only memoise what did not change while it was read
             self._remember(path, sha.hexdigest(), fp)
         return sha.hexdigest()
 
-    def delete(self, uri: str, missing_ok: bool = True) -> None:
+    def delete(self, uri: str) -> None:
+        """Delete the object at ``uri``, if there is one."""
         path = self.path(uri)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(path)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise NotFoundError(f"cannot delete {self._uri(path)}: no such file") from None
         self.fs.invalidate_cache(path)
 
     def list_runs(self) -> list[str]:
@@ -437,15 +433,7 @@ class ArtifactStore:
         except FileNotFoundError:
             raise NotFoundError(f"cannot read {self._uri(path)}: no such file") from None
 
-    def write_table(
-        self,
-        uri: str,
-        data: Any,
-        schema_name: str,
-        *,
-        compression: str | None = "zstd",
-        row_group_rows: int | None = None,
-    ) -> WrittenArtifact:
+    def write_table(self, uri: str, data: Any, schema_name: str) -> WrittenArtifact:
         """Conform ``data`` (a list of row dicts, a DataFrame or an Arrow table) to schema
         ``schema_name`` (declared columns in declared order) and store it atomically.
 
@@ -453,7 +441,7 @@ class ArtifactStore:
         does not fit; nothing is written then."""
         table = conform_table(data, schema_name, path=self._uri(self.path(uri)))
         with self._atomic(uri) as sink:
-            pq.write_table(table, sink.file, compression=compression or "none", row_group_size=row_group_rows)
+            pq.write_table(table, sink.file, compression="zstd")
             return sink.commit(table.num_rows)
 
     @contextlib.contextmanager
@@ -524,8 +512,7 @@ class ArtifactStore:
         named ``<pair id>:<k>``), whatever the sharding. A pair in two shards is an error naming it."""
         chosen_parts: list[np.ndarray] = []
         rejected_parts: list[np.ndarray] = []
-        ids: list[str] = []
-        owner: dict[str, str] = {}  # pair id: the shard that holds it
+        owner: dict[str, str] = {}  # pair id: the shard that holds it, in reading order
         for uri in uris:
             with self.activation_reader(uri) as reader:
                 if not reader.num_rows:
@@ -537,7 +524,7 @@ class ArtifactStore:
                 owner[pid] = uri
             chosen_parts.append(chosen)
             rejected_parts.append(rejected)
-            ids.extend(pair_ids)
+        ids = list(owner)
         if not ids:
             raise ValueError(f"none of the activation artifacts {list(uris)} holds rows for layer {layer}")
 
