@@ -1,13 +1,5 @@
-"""The ``sims`` command line.
-
-    sims run [--config FILE] [--set key=value ...] [--run-id NAME] [--store URL] [--shards N] [--engine NAME]
-    sims resume RUN_ID [--iterations N] [--set key=value ...] [--store URL] [--shards N] [--engine NAME]
-    sims status RUN_ID [--json] [--store URL]
-    sims runs [--store URL]
-    sims eval RUN_ID [--iteration T] [--json] [--store URL]
-    sims export RUN_ID {steering,dpo,gguf} --out PATH [--force] [--iteration T] [--store URL]
-    sims unlock RUN_ID [--force] [--store URL]
-    sims repair RUN_ID [--store URL]
+"""The ``sims`` command line: its commands and flags are in `build_parser` (``sims --help``; README,
+"The command line").
 
 The store is ``--store``, else the config file's ``store``, else ``$SIMS_STORE``, else ``./runs``.
 ``sims run`` with no arguments runs the built-in demo: the embedded SmolLM2-135M-Instruct, the
@@ -210,11 +202,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"run {manifest.run_id} in {manifest.store.url} (created {manifest.created_at}, "
             f"{manifest.config.get('iterations')} iteration(s) requested)"
         )
-        print(
-            frame.drop(columns=["error"]).to_string(index=False)
-            if frame["error"].isna().all()
-            else frame.to_string(index=False)
-        )
+        print((frame.drop(columns=["error"]) if frame["error"].isna().all() else frame).to_string(index=False))
     for c in problems:
         print(
             f"{c.state}: {c.uri} (iteration {c.iteration} {c.phase!r}); `sims resume {manifest.run_id}` recomputes it"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import inspect
 import logging
 import os
 import signal
@@ -98,23 +97,14 @@ def _isolated_server_class() -> type:
 def _drain_prefect(timeout: float) -> None:
     """Send Prefect's queued logs and events to the server before it stops (bounded in time)."""
 
-    def drain() -> None:
+    def drain() -> None:  # in a thread without an event loop, both block until their queues are sent
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
-        from prefect.utilities.asyncutils import run_coro_as_sync
-
-        async def both() -> None:
-            with contextlib.suppress(Exception):
-                result = APILogWorker.instance().drain()
-                if inspect.isawaitable(result):
-                    await result
-            with contextlib.suppress(Exception):
-                drained = EventsWorker.drain_all()
-                if inspect.isawaitable(drained):
-                    await drained
 
         with contextlib.suppress(Exception):
-            run_coro_as_sync(both())
+            APILogWorker.instance().drain()
+        with contextlib.suppress(Exception):
+            EventsWorker.drain_all()
 
     worker = threading.Thread(target=drain, name="sims-drain-prefect", daemon=True)
     worker.start()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from tasks.engine import run_unit_here
+from tasks.engine import UNITS
 from tasks.phase import PhaseContext
 
 __all__ = ["sims_phase"]
@@ -37,4 +37,4 @@ def sims_phase(
     """Compute ``unit`` for the iteration that ``context`` names, with the task's keyword
     ``arguments``; skipped (its task run Cached) when its artifact is already fresh. A failure is
     retried once in place (Prefect flow retries: a lost GPU, a flaky store)."""
-    return run_unit_here(unit, context, arguments)
+    return UNITS[unit](context, **arguments)

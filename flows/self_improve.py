@@ -39,6 +39,7 @@ from sims_core.evaluation import CONTROLS
 from storage import ArtifactStore, Manifest, RunLock, validate_run_id
 from tasks.buffer import buffer_phase
 from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
+from tasks.eval import COMPARISON_NUMBERS
 from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import prompts_phase
@@ -183,32 +184,21 @@ def self_improve(config: SimsConfig = SimsConfig(), run_id: str | None = None, f
                 PhaseContext(store_url=artifact_store.url, run_id=run_id, iteration=0, config=config)
             )
     final = report["table"][-1] if report["table"] else {}
+    numbers = (*COMPARISON_NUMBERS, "verdict")
 
-    def numbers(prefix: str) -> dict[str, Any] | None:
+    def condition(prefix: str) -> dict[str, Any] | None:
         if final.get(f"{prefix}win_rate") is None:
             return None
-        keys = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n", "verdict")
-        return {key: final.get(f"{prefix}{key}") for key in keys}
+        return {key: final.get(f"{prefix}{key}") for key in numbers}
 
     return {
         "run_id": run_id,
         "store": artifact_store.url,
         "report": report["report"],
         "steering": steering,
-        "judge": final.get("judge"),
-        "win_rate": final.get("win_rate"),
-        "ci_low": final.get("ci_low"),
-        "ci_high": final.get("ci_high"),
-        "effect": final.get("effect"),
-        "effect_ci_low": final.get("effect_ci_low"),
-        "effect_ci_high": final.get("effect_ci_high"),
-        "n": final.get("n"),
-        "verdict": final.get("verdict"),
-        "lc_win_rate": final.get("lc_win_rate"),
-        "lc_ci_low": final.get("lc_ci_low"),
-        "lc_ci_high": final.get("lc_ci_high"),
-        "previous_iteration": numbers("previous_iteration_"),
-        "best_of_n": numbers("best_of_n_"),
+        **{key: final.get(key) for key in ("judge", *numbers, "lc_win_rate", "lc_ci_low", "lc_ci_high")},
+        "previous_iteration": condition("previous_iteration_"),
+        "best_of_n": condition("best_of_n_"),
         "controls": {name: final[f"{name}_win_rate"] for name in CONTROLS if final.get(f"{name}_win_rate") is not None},
         "lineage": night,
     }

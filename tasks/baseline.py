@@ -22,6 +22,7 @@ from sims_core.evaluation import best_of_n
 from sims_core.generation import Generation
 from sims_core.oracles import oracle_info
 from sims_core.seeding import derive_seed
+from tasks.generations import generation_rows
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import runtime
 
@@ -67,23 +68,12 @@ def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str
 
 
 def _rows(prompts: pd.DataFrame, answers: list[list[Generation]], kind: str, **extra: list) -> list[dict]:
-    rows = []
-    for i, ((prompt_id, prompt), samples) in enumerate(
-        zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), answers)
-    ):
-        for s, g in enumerate(samples):
-            row = {
-                "prompt_id": prompt_id,
-                "prompt": prompt,
-                "sample_index": s,
-                "text": g.text,
-                "num_tokens": g.num_tokens,
-                "finish_reason": g.finish_reason,
-                "seed": g.seed,
-                "kind": kind,
-            }
-            rows.append(row | {key: values[i][s] for key, values in extra.items()})
-    return rows
+    """`generation_rows` of ``kind``, with extra columns given per answer (nested like ``answers``)."""
+    flat = {key: [value for per_prompt in values for value in per_prompt] for key, values in extra.items()}
+    return [
+        row | {"kind": kind} | {key: values[j] for key, values in flat.items()}
+        for j, row in enumerate(generation_rows(prompts, answers))
+    ]
 
 
 def baseline_answers(frame: pd.DataFrame, kind: str = "baseline") -> dict[str, list[Generation]]:

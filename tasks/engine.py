@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from sims_core.config import DaskOptions, DeploymentOptions, RayOptions, SimsConfig
@@ -41,7 +42,6 @@ __all__ = [
     "idempotency_key",
     "prepare_workers",
     "run_remote",
-    "run_unit_here",
     "run_units",
     "task_runner_for",
 ]
@@ -144,15 +144,11 @@ def prepare_workers(config: SimsConfig) -> None:
 
 
 # ------------------------------------------------------------------ checks before any work
-def _host_port(address: str, default_port: int) -> tuple[str, int]:
+def _check_reachable(engine: str, what: str, address: str, default_port: int, timeout: float = 5.0) -> None:
     parsed = urlparse(address if "://" in address else f"tcp://{address}")
     if not parsed.hostname:
         raise ConfigError(f"engine_options.address {address!r} names no host (expected e.g. tcp://10.0.0.5:8786)")
-    return parsed.hostname, parsed.port or default_port
-
-
-def _check_reachable(engine: str, what: str, address: str, default_port: int, timeout: float = 5.0) -> None:
-    host, port = _host_port(address, default_port)
+    host, port = parsed.hostname, parsed.port or default_port
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -229,31 +225,25 @@ def run_units(ctx: PhaseContext, unit: str, calls: Sequence[dict[str, Any]]) -> 
             retry_condition_fn=_worth_retrying,
         )
         futures.append(_submit(config, configured, ctx, call))
-    results, failures = [], []
     try:
-        for name, future in zip(names, futures):
-            future.wait()
-            if future.state.is_completed():
-                results.append(future.result())
-            else:
-                failures.append((name, future.result(raise_on_failure=False)))
-                results.append(None)
+        wait(futures)  # every unit to its end (a lost Ray or Dask worker: a Crashed state)
+        results = [future.result(raise_on_failure=False) for future in futures]  # a failure's value: its exception
     except BaseException as exc:
         if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM while shards compute: stop them at their next forward
             runtime().request_stop()
         raise
+    failures = [(name, value) for name, value, f in zip(names, results, futures) if not f.state.is_completed()]
     if failures:
         detail = "; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures)
         phase_logger().error(
             "iteration %d: %d of %d %s unit(s) failed: %s", ctx.iteration, len(failures), len(calls), unit, detail
         )
         errors = [exc for _, exc in failures if isinstance(exc, BaseException)]
-        error = ShardsFailed(
+        raise ShardsFailed(
             f"iteration {ctx.iteration}: {len(failures)} of {len(calls)} {unit} shard(s) failed "
             f"({detail}); the others are saved, rerun the same run id to compute only these",
             errors,
-        )
-        raise error from (errors[0] if errors else None)
+        ) from (errors[0] if errors else None)
     return results
 
 
@@ -353,8 +343,3 @@ def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
         else:
             log.info("%s: waiting for flow run %s on deployment %s", name, flow_run.id, options.deployment)
         state = _wait(flow_run.id, options.timeout).state
-
-
-def run_unit_here(unit: str, context: PhaseContext, arguments: dict[str, Any]) -> Any:
-    """What the phase-worker flow does: compute one unit in this process."""
-    return UNITS[unit](context, **arguments)

@@ -17,7 +17,7 @@ from tasks.baseline import baseline_answers, eval_judge, eval_prompts, eval_seed
 from tasks.phase import PhaseContext, phase_key, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
-__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
+__all__ = ["COMPARISON_NUMBERS", "EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
 
 EVAL_FIELDS = (
     "judge",
@@ -34,6 +34,8 @@ EVAL_FIELDS = (
     "system_prompt",
     "positions",
 )
+# The numbers of one judged comparison in the summary: win rate and paired score effect with their 95% CIs, n.
+COMPARISON_NUMBERS = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n")
 
 
 def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:
@@ -96,9 +98,7 @@ def eval_phase(
             previous_answers = steered_answers(store.read_frame(previous_eval_uri, "eval"), texts, cfg.eval_samples)
             previous = [[a.text for a in answers] for answers in previous_answers]  # judged as text, as it always was
             comparisons.append(Comparison("previous_iteration", texts, conditions["steered"], previous, refs))
-        for control in CONTROLS:
-            if control in conditions:
-                comparisons.append(Comparison(control, texts, conditions[control], baseline, refs))
+        comparisons += [Comparison(c, texts, conditions[c], baseline, refs) for c in CONTROLS if c in conditions]
         if with_controls:
             chosen = baseline_answers(cached[cached["chosen"].fillna(False).astype(bool)], kind="candidate")
             keep = [i for i, pid in enumerate(prompts["prompt_id"]) if pid in chosen]

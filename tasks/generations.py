@@ -33,21 +33,19 @@ GENERATION_FIELDS = (
 
 def generation_rows(prompts: pd.DataFrame, generations) -> list[dict]:
     """One row per (prompt, sample) of the ``generations`` artifact."""
-    rows = []
-    for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations):
-        for index, g in enumerate(samples):
-            rows.append(
-                {
-                    "prompt_id": prompt_id,
-                    "prompt": prompt,
-                    "sample_index": index,
-                    "text": g.text,
-                    "num_tokens": g.num_tokens,
-                    "finish_reason": g.finish_reason,
-                    "seed": g.seed,
-                }
-            )
-    return rows
+    return [
+        {
+            "prompt_id": prompt_id,
+            "prompt": prompt,
+            "sample_index": index,
+            "text": g.text,
+            "num_tokens": g.num_tokens,
+            "finish_reason": g.finish_reason,
+            "seed": g.seed,
+        }
+        for (prompt_id, prompt), samples in zip(prompts[["prompt_id", "prompt"]].itertuples(index=False), generations)
+        for index, g in enumerate(samples)
+    ]
 
 
 def prompt_groups(lm, prompts: pd.DataFrame, cfg: SimsConfig) -> list[list[int]]:
@@ -85,10 +83,7 @@ def generations_phase(
                     lm,
                     prompts["prompt"].iloc[group].tolist(),
                     num_samples=cfg.num_samples,
-                    max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    batch_size=cfg.batch_size,
+                    sampling=cfg.sampling,
                     seed=derive_seed(cfg.seed, ctx.iteration, "generations"),
                     progress=False,
                 )

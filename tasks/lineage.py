@@ -24,7 +24,7 @@ from sims_core.evaluation import Comparison, compare, sample_conditions
 from sims_core.promotion import promotion_decision
 from storage.lineage import Lineage
 from tasks.baseline import eval_judge, eval_prompts, eval_seed
-from tasks.eval import eval_table, steered_answers, summary_from_eval
+from tasks.eval import COMPARISON_NUMBERS, eval_table, steered_answers, summary_from_eval
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
@@ -99,16 +99,13 @@ def promotion_phase(
         promote, reason = promotion_decision(row, cfg.promotion, cfg.promotion_threshold, against)
         phase_logger().info("lineage %s, run %s: %s", cfg.lineage, ctx.run_id, reason)
         decision = pd.DataFrame(
-            [
-                {
-                    "kind": "decision",
-                    "condition": "vs_current",
-                    "metric": "promote",
-                    "value": float(promote),
-                    "text": reason,
-                },
-                {"kind": "decision", "condition": "vs_current", "metric": "against", "value": None, "text": against},
-            ]
+            {
+                "kind": "decision",
+                "condition": "vs_current",
+                "metric": ["promote", "against"],
+                "value": [float(promote), None],
+                "text": [reason, against],
+            }
         )
         frame = pd.concat([table, decision], ignore_index=True)
         return {"promotion": store.write_table(ctx.uri("promotion"), frame, "eval")}
@@ -127,8 +124,7 @@ def read_decision(frame: pd.DataFrame) -> tuple[bool, str, dict]:
     numbers = {
         r.metric: r.value
         for r in summary.itertuples(index=False)
-        if r.metric in ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n")
-        and r.condition in ("vs_current", "steered")
+        if r.metric in COMPARISON_NUMBERS and r.condition in ("vs_current", "steered")
     }
     return (
         bool(decision.loc["promote", "value"]),

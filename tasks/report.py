@@ -11,24 +11,14 @@ from prefect.cache_policies import NO_CACHE
 
 from sims_core.evaluation import CONTROLS
 from storage import Manifest
-from tasks.eval import summary_from_eval
+from tasks.eval import COMPARISON_NUMBERS, summary_from_eval
 from tasks.phase import PhaseContext
 
 __all__ = ["iteration_table", "render_report", "write_report"]
 
 
 CONDITIONS = ("steered", "previous_iteration", *CONTROLS, "best_of_n")
-_PER_CONDITION = (
-    "win_rate",
-    "ci_low",
-    "ci_high",
-    "effect",
-    "effect_ci_low",
-    "effect_ci_high",
-    "n",
-    "prompts",
-    "verdict",
-)
+_PER_CONDITION = (*COMPARISON_NUMBERS, "prompts", "verdict")
 _STEERED_ONLY = (
     "lc_win_rate",
     "lc_ci_low",
@@ -125,21 +115,18 @@ def render_report(run_id: str, config: dict, table: pd.DataFrame, plot_name: str
             f"effect {_effect(last, 'previous_iteration_')}: {last['previous_iteration_verdict']}"
         )
     lines += ["", "Beside it, judged against the same base answers:", ""]
-    shown = False
-    for control, label in (
-        ("random_direction", "control: a random direction of the same size"),
-        ("low_temperature", f"control: the unsteered model at temperature {config.get('control_temperature')}"),
-        (
-            "best_of_n",
-            f"best-of-{config.get('best_of_n')}: the training oracle picks one of "
-            f"{config.get('best_of_n')} base samples (inference-time compute instead of steering)",
-        ),
-    ):
-        if pd.notna(last.get(f"{control}_win_rate", float("nan"))):
-            shown = True
-            lines.append(f"- {label}: win rate {_pct(last, f'{control}_')}, effect {_effect(last, f'{control}_')}")
-    if not shown:
-        lines.append("- (controls and best-of-N run with the last iteration's evaluation)")
+    labels = {
+        "random_direction": "control: a random direction of the same size",
+        "low_temperature": f"control: the unsteered model at temperature {config.get('control_temperature')}",
+        "best_of_n": f"best-of-{config.get('best_of_n')}: the training oracle picks one of "
+        f"{config.get('best_of_n')} base samples (inference-time compute instead of steering)",
+    }
+    beside = [
+        f"- {label}: win rate {_pct(last, f'{control}_')}, effect {_effect(last, f'{control}_')}"
+        for control, label in labels.items()
+        if pd.notna(last.get(f"{control}_win_rate", float("nan")))
+    ]
+    lines += beside or ["- (controls and best-of-N run with the last iteration's evaluation)"]
     lines += [
         "",
         f"Length-controlled win rate {last['lc_win_rate']:.1%} (95% CI {last['lc_ci_low']:.1%} to "
@@ -153,22 +140,13 @@ def render_report(run_id: str, config: dict, table: pd.DataFrame, plot_name: str
     ]
     columns = [c for c in table.columns if not c.endswith("verdict") and c not in ("judge", "verdict_basis")]
     shown_table = table[columns]
-    lines.append(
-        shown_table.to_markdown(index=False, floatfmt=".4f")
-        if _has_tabulate()
-        else "```\n" + shown_table.to_string(index=False) + "\n```"
-    )
+    try:
+        lines.append(shown_table.to_markdown(index=False, floatfmt=".4f"))
+    except ImportError:  # pandas needs the optional tabulate package for Markdown tables
+        lines.append("```\n" + shown_table.to_string(index=False) + "\n```")
     if plot_name:
         lines += ["", f"![oracle score and win rate per iteration]({plot_name})"]
     return "\n".join(lines) + "\n"
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _plot(table: pd.DataFrame) -> bytes:

@@ -3,7 +3,7 @@ process (`runtime()`): the loaded base models and oracles, the stop flag, the ru
 and the configurations that passed preflight. No other module keeps process-wide state.
 
 Loading the embedded model takes ~1 s from its cached float32 copy (~30 s the very first time);
-every task of a flow run in the same process reuses one instance; `clear()` frees them.
+every task of a flow run in the same process reuses one instance.
 
 Stopping: `request_stop` (the CLI calls it on Ctrl-C or SIGTERM) makes every forward pass of a
 model loaded here raise `RunInterrupted` in whichever thread runs it, so that shards computing in
@@ -113,13 +113,6 @@ class WorkerRuntime:
     def models_loaded(self) -> int:
         """How many base models this process holds."""
         return len(self._models)
-
-    def clear(self) -> None:
-        """Forget every model and oracle (they are reloaded on next use)."""
-        with self._lock:
-            self._models.clear()
-            self._oracles.clear()
-            self._model_locks.clear()
 
 
 _RUNTIME = WorkerRuntime()

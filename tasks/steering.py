@@ -98,10 +98,7 @@ def steering_phase(
             max_nll_increase=cfg.max_nll_increase,
             positions=cfg.positions,
             seed=derive_seed(cfg.seed, ctx.iteration, "select"),
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            batch_size=cfg.batch_size,
+            sampling=cfg.sampling,
         )
         rows = selection.rows
         chosen_row = next(row for row in rows if row["chosen"])
