@@ -36,13 +36,13 @@ def _prepare(cfg, store: str, run_id: str):
     """A run with its prompt split and iteration-1 prompts written; returns (ctx, prompts uri)."""
     from storage import ArtifactStore, Manifest
     from tasks.phase import PhaseContext
-    from tasks.prompts import sample_iteration_prompts, split_prompt_set
+    from tasks.prompts import prompts_phase
 
     Manifest.load_or_create(ArtifactStore.open(store), run_id, config=cfg.to_dict())
-    config = cfg.to_dict()
-    split = split_prompt_set.fn(PhaseContext(store, run_id, 0, config))
-    ctx = PhaseContext(store, run_id, 1, config)
-    return ctx, sample_iteration_prompts.fn(ctx, split)
+    run = PhaseContext(store_url=store, run_id=run_id, iteration=0, config=cfg)
+    split = prompts_phase.fn(run)
+    ctx = run.at(1)
+    return ctx, prompts_phase.fn(ctx, split)
 
 
 def _calls(cfg, prompts_uri: str) -> list[dict]:
@@ -72,15 +72,15 @@ def engine_times(cfg, store: str, label: str, reps: int) -> list[float]:
 
 def direct_time(cfg, store: str) -> float:
     """The same shard computations called in this process, no task runner."""
-    from tasks.generate import generate_answers
+    from tasks.generations import generations_phase
 
     ctx, prompts_uri = _prepare(cfg, store, "direct-warm")
     for call in _calls(cfg, prompts_uri):
-        generate_answers.fn(ctx, **call)
+        generations_phase.fn(ctx, **call)
     ctx, prompts_uri = _prepare(cfg, store, "direct")
     start = time.perf_counter()
     for call in _calls(cfg, prompts_uri):
-        generate_answers.fn(ctx, **call)
+        generations_phase.fn(ctx, **call)
     return time.perf_counter() - start
 
 
