@@ -35,11 +35,10 @@ import sims_core
 from flows.preflight import check_iterations, preflight
 from sims_core.config import SimsConfig
 from sims_core.errors import ConfigError
-from sims_core.evaluation import CONTROLS
+from sims_core.evaluation import COMPARISON_NUMBERS, CONTROLS
 from storage import ArtifactStore, Manifest, RunLock, validate_run_id
 from tasks.buffer import buffer_phase
 from tasks.engine import UNITS, check_engine, prepare_workers, run_units, task_runner_for
-from tasks.eval import COMPARISON_NUMBERS
 from tasks.lineage import lineage_phase, promotion_phase, publish_night
 from tasks.phase import PhaseContext, phase_logger
 from tasks.prompts import prompts_phase

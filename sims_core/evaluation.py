@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from sims_core.steering.hooks import Positions
 
 __all__ = [
+    "COMPARISON_NUMBERS",
     "CONTROLS",
     "VERDICTS",
     "BestOfN",
@@ -588,6 +589,9 @@ def judge_answers(
 
 
 VERDICTS = ("steered better", "no measured difference", "steered worse")
+# The headline numbers of a `summarize` row: the win rate and the paired score effect, each with
+# its interval, and the number of comparisons.
+COMPARISON_NUMBERS = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n")
 _REQUIRED = ("preference", "score", "reference_score", "response_tokens", "reference_tokens")
 
 

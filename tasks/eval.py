@@ -17,7 +17,7 @@ from tasks.baseline import baseline_answers, eval_judge, eval_prompts, eval_seed
 from tasks.phase import PhaseContext, phase_key, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 
-__all__ = ["COMPARISON_NUMBERS", "EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
+__all__ = ["EVAL_FIELDS", "eval_phase", "eval_table", "summary_from_eval"]
 
 EVAL_FIELDS = (
     "judge",
@@ -34,8 +34,6 @@ EVAL_FIELDS = (
     "system_prompt",
     "positions",
 )
-# The numbers of one judged comparison in the summary: win rate and paired score effect with their 95% CIs, n.
-COMPARISON_NUMBERS = ("win_rate", "ci_low", "ci_high", "effect", "effect_ci_low", "effect_ci_high", "n")
 
 
 def summary_from_eval(frame: pd.DataFrame) -> pd.DataFrame:

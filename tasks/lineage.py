@@ -20,11 +20,11 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sims_core.evaluation import Comparison, compare, sample_conditions
+from sims_core.evaluation import COMPARISON_NUMBERS, Comparison, compare, sample_conditions
 from sims_core.promotion import promotion_decision
 from storage.lineage import Lineage
 from tasks.baseline import eval_judge, eval_prompts, eval_seed
-from tasks.eval import COMPARISON_NUMBERS, eval_table, steered_answers, summary_from_eval
+from tasks.eval import eval_table, steered_answers, summary_from_eval
 from tasks.phase import PhaseContext, phase_logger, run_phase
 from tasks.runtime import load_steering, runtime
 

@@ -9,9 +9,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from sims_core.evaluation import CONTROLS
+from sims_core.evaluation import COMPARISON_NUMBERS, CONTROLS
 from storage import Manifest
-from tasks.eval import COMPARISON_NUMBERS, summary_from_eval
+from tasks.eval import summary_from_eval
 from tasks.phase import PhaseContext
 
 __all__ = ["iteration_table", "render_report", "write_report"]
