@@ -16,6 +16,7 @@ second to exceptions sims did not raise itself.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import ClassVar
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SimsError",
     "TransientError",
     "UserError",
+    "check_keywords",
     "is_retryable",
     "is_user_error",
 ]
@@ -73,6 +75,16 @@ _DETERMINISTIC = (
     IsADirectoryError,
     NotADirectoryError,
 )
+
+
+def check_keywords(given: Iterable[str], declared: type, what: str) -> None:
+    """The `TypeError` Python raises for a misspelt keyword, for a function that takes a
+    ``TypedDict`` (``declared``) as ``**keywords``; the message names the keywords it declares
+    (``what``: e.g. "sampling overrides")."""
+    unknown = [key for key in given if key not in declared.__annotations__]
+    if unknown:
+        names = ", ".join(declared.__annotations__)
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the {what} are {names}")
 
 
 def is_user_error(exc: BaseException) -> bool:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 import numpy as np
 import torch
 
-from sims_core.errors import UserError
+from sims_core.errors import UserError, check_keywords
 from sims_core.generation import Generation, SamplingOverrides, SamplingParams
 from sims_core.oracles.base import Oracle, OracleError, oracle_capabilities, score_candidates
 from sims_core.oracles.sanity import JudgeSanity, judge_sanity
@@ -131,12 +131,7 @@ class _Bootstrap:
 
     @classmethod
     def of(cls, options: BootstrapOptions) -> _Bootstrap:
-        unknown = [key for key in options if key not in BootstrapOptions.__optional_keys__]
-        if unknown:
-            raise TypeError(
-                f"unexpected keyword argument {unknown[0]!r}; the bootstrap options are "
-                f"{', '.join(BootstrapOptions.__annotations__)}"
-            )
+        check_keywords(options, BootstrapOptions, "bootstrap options")
         return cls(**options)
 
     def resamples(self, groups: Sequence[Any] | None, n: int, what: str) -> tuple[np.ndarray, int, np.ndarray]:
@@ -642,20 +637,17 @@ def summarize(
         raise UserError("rows is empty: there is no comparison to summarize")
     groups = rows[group_column].astype(str).tolist()
     prefs = rows["preference"].to_numpy(dtype=float)
-    rate, low, high = win_rate(prefs, method=ci, groups=groups, n_boot=n_boot, seed=seed, confidence=confidence)
+    bootstrap = BootstrapOptions(confidence=confidence, n_boot=n_boot, seed=seed)  # one resampling for all three
+    rate, low, high = win_rate(prefs, method=ci, groups=groups, **bootstrap)
     lengths = (rows["response_tokens"].to_numpy(dtype=float), rows["reference_tokens"].to_numpy(dtype=float))
     lc = length_controlled_win_rate(prefs, *lengths)
-    lc_low, lc_high = length_controlled_interval(
-        prefs, *lengths, groups=groups, confidence=confidence, n_boot=n_boot, seed=seed
-    )
+    lc_low, lc_high = length_controlled_interval(prefs, *lengths, groups=groups, **bootstrap)
     score = rows["score"].to_numpy(dtype=float)
     baseline = rows["reference_score"].to_numpy(dtype=float)
     finite = np.isfinite(score) & np.isfinite(baseline)
     if finite.any():
         kept = [g for g, f in zip(groups, finite) if f]
-        effect, effect_low, effect_high = paired_effect(
-            score[finite], baseline[finite], kept, confidence=confidence, n_boot=n_boot, seed=seed
-        )
+        effect, effect_low, effect_high = paired_effect(score[finite], baseline[finite], kept, **bootstrap)
     else:
         effect = effect_low = effect_high = math.nan
     if comparable_scores and finite.any():

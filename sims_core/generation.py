@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 import torch
 from torch import Tensor
 
-from sims_core.errors import UserError
+from sims_core.errors import UserError, check_keywords
 from sims_core.models import LanguageModel, left_pad
 from sims_core.progress import progress_bar
 from sims_core.seeding import seed_from
@@ -106,12 +106,7 @@ class SamplingParams:
 
     def override(self, **changes: Unpack[SamplingOverrides]) -> SamplingParams:
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
-        unknown = [key for key in changes if key not in SamplingOverrides.__optional_keys__]
-        if unknown:  # a misspelt keyword of a function that takes **overrides ends up here
-            raise TypeError(
-                f"unexpected keyword argument {unknown[0]!r}; the sampling overrides are "
-                f"{', '.join(SamplingOverrides.__annotations__)}"
-            )
+        check_keywords(changes, SamplingOverrides, "sampling overrides")  # of any function taking **overrides
         given: dict[str, Any] = {key: value for key, value in changes.items() if value is not None}
         return dataclasses.replace(self, **given) if given else self
 
