@@ -177,7 +177,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         state.get((e.iteration, e.phase), "ok") if e.status == "completed" else "" for e in manifest.entries
     ]
     if args.json:
-        records = json.loads(frame.to_json(orient="records"))
         print(
             json.dumps(
                 {
@@ -185,7 +184,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     "store": manifest.store.url,
                     "created_at": manifest.created_at,
                     "iterations": manifest.config.get("iterations"),
-                    "phases": records,
+                    "phases": json.loads(frame.to_json(orient="records")),
                     "problems": [
                         {"iteration": c.iteration, "phase": c.phase, "output": c.name, "uri": c.uri, "state": c.state}
                         for c in problems
@@ -272,6 +271,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from tasks.buffer import pairs_from_frame
 
     manifest = _manifest(args.store, args.run_id)
+    out = args.out
     if args.what in ("steering", "gguf"):
         t = _latest(manifest, "steering", args.iteration)
         data = manifest.read_bytes(t, "steering", "steering")  # verified against its recorded sha256
@@ -281,7 +281,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             if os.path.isfile(args.out) and not args.out.endswith(".safetensors"):
                 raise UsageError(f"--out {args.out!r} is a file; give a directory or a .safetensors path")
             _write_output(out, args.force, data)
-            path = out
         else:
             from sims_core.steering.learners import get_learner, known_learners
 
@@ -293,12 +292,10 @@ def cmd_export(args: argparse.Namespace) -> int:
                 )
             with tempfile.TemporaryDirectory() as folder:
                 _write_output(args.out, args.force, steering.to_gguf(Path(folder) / Path(args.out).name).read_bytes())
-            path = args.out
         print(
-            f"wrote {path} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})"
+            f"wrote {out} (iteration {t}, learner {steering.learner}, layers {steering.layers}, alpha {steering.alpha:g})"
         )
         return 0
-    out = args.out
     if not out.endswith((".jsonl", ".parquet")):
         raise UsageError(f"--out for dpo must end in .parquet or .jsonl, got {out!r}")
     t = _latest(manifest, "buffer", args.iteration)

@@ -61,8 +61,7 @@ def eval_judge(prompts: pd.DataFrame, config: SimsConfig) -> tuple[str, list[str
     """The judge of the held-out ``prompts`` (``config.judge``; ``auto`` resolved on whether every
     prompt has a reference answer) and the references to give it (None when it needs none; the
     judge checks each one, naming a prompt whose reference is missing)."""
-    texts = prompts["prompt"].tolist()
-    references: list[Any] = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(texts)
+    references: list[Any] = prompts["reference"].tolist() if "reference" in prompts.columns else [None] * len(prompts)
     name = config.judge_for(all(isinstance(r, str) and r.strip() for r in references))
     return name, references if oracle_info(name).needs_reference else None
 
@@ -95,7 +94,6 @@ def baseline_phase(ctx: PhaseContext, split_uri: str) -> str:
 
     def compute():
         cfg = ctx.config
-        log = phase_logger()
         lm = runtime().model(cfg)
         prompts = eval_prompts(ctx.store.read_frame(split_uri, "prompts"), cfg)
         texts = prompts["prompt"].tolist()
@@ -124,7 +122,7 @@ def baseline_phase(ctx: PhaseContext, split_uri: str) -> str:
                 chosen = [[j == index for j in range(cfg.best_of_n)] for index in picked.index]
                 rows += _rows(head, picked.candidates, "candidate", oracle_score=picked.scores, chosen=chosen)
         truncated = sum(g.finish_reason == "length" for row in answers for g in row) / max(1, sum(map(len, answers)))
-        log.info(
+        phase_logger().info(
             "baseline: %d held-out prompts x %d sample(s) (%.0f%% cut at %d tokens)%s",
             len(texts),
             cfg.eval_samples,

@@ -48,7 +48,6 @@ def buffer_phase(
 
     def compute():
         cfg = ctx.config
-        log = phase_logger()
         store = ctx.store
         gens = store.read_frames(generations_uris, "generations")
         ranks = store.read_frames(rankings_uris, "rankings")
@@ -78,7 +77,7 @@ def buffer_phase(
         if cfg.memory and previous_buffer_uri:
             bank.pairs = pairs_from_frame(store.read_frame(previous_buffer_uri, "buffer"))
         report = bank.update(usable, ctx.iteration)
-        log.info(
+        phase_logger().info(
             "iteration %d buffer: %d new pairs from %d prompts (%d empty answers; skipped %s); bank keeps %d "
             "(%d new), dropped %s",
             ctx.iteration,

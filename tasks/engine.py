@@ -323,8 +323,7 @@ def run_remote(ctx: PhaseContext, unit: str, call: dict[str, Any]) -> Any:
         raise EngineError(f"run_remote dispatches units of engine 'deployment', not {ctx.config.engine!r}")
     parameters = {"unit": unit, "context": ctx.model_dump(mode="json"), "arguments": call}
     log = phase_logger()
-    key = idempotency_key(ctx, unit, call)
-    flow_run = _create_or_attach(options.deployment, parameters, key)
+    flow_run = _create_or_attach(options.deployment, parameters, idempotency_key(ctx, unit, call))
     name = _phase_name(unit, call)
     reschedules = 0
     state = flow_run.state

@@ -174,15 +174,13 @@ def eval_table(summary: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     """The eval artifact: one ``summary`` row per (condition, metric), text metrics (the verdict)
     in ``text``, then one ``comparison`` row per judged pair (its preference in ``value``)."""
     long = []
-    for record in summary.to_dict("records"):
-        for metric, value in record.items():
-            if metric == "condition":
-                continue
+    for condition, metrics in summary.set_index("condition").to_dict("index").items():
+        for metric, value in metrics.items():
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             long.append(
                 {
                     "kind": "summary",
-                    "condition": record["condition"],
+                    "condition": condition,
                     "metric": metric,
                     "value": float(value) if number else None,
                     "text": None if number else str(value),

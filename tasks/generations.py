@@ -88,8 +88,7 @@ def generations_phase(
                     progress=False,
                 )
                 bar.update(len(group) * cfg.num_samples)
-        prompts = prompts.iloc[order]
-        rows = generation_rows(prompts, out)
+        rows = generation_rows(prompts.iloc[order], out)
         return {"generations": ctx.store.write_table(ctx.uri(phase), rows, "generations")}
 
     inputs = {"prompts": prompts_uri} | ({"steering": steering_uri} if steering_uri else {})

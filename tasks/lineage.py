@@ -70,8 +70,7 @@ def promotion_phase(
         store = ctx.store
         evaluation = store.read_frame(eval_uri, "eval")
         if current_uri is None:  # nothing current yet: the run's own comparison with the base model
-            summary = summary_from_eval(evaluation).set_index("condition")
-            row = summary.loc["steered"].to_dict()
+            row = summary_from_eval(evaluation).set_index("condition").loc["steered"].to_dict()
             against, table = "the base model", evaluation[evaluation["condition"] == "steered"]
         else:
             lm = runtime().model(cfg)

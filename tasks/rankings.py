@@ -52,14 +52,13 @@ def rankings_phase(ctx: PhaseContext, generations_uri: str, prompts_uri: str, sh
                 )
         rows = []
         for (prompt_id, group), prompt_scores in zip(groups, scores):
-            rank = ranks(prompt_scores)
-            for index, (sample_index, score) in enumerate(zip(group["sample_index"], prompt_scores)):
+            for sample_index, score, rank in zip(group["sample_index"], prompt_scores, ranks(prompt_scores)):
                 rows.append(
                     {
                         "prompt_id": prompt_id,
                         "sample_index": int(sample_index),
                         "score": float(score),
-                        "rank": rank[index],
+                        "rank": rank,
                         "oracle": oracle.name,
                     }
                 )

@@ -10,7 +10,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from sims_core.evaluation import COMPARISON_NUMBERS, CONTROLS
-from storage import Manifest
 from tasks.eval import summary_from_eval
 from tasks.phase import PhaseContext
 
@@ -43,7 +42,7 @@ def iteration_table(ctx: PhaseContext, iterations: int) -> pd.DataFrame:
     ``random_direction_``, ``low_temperature_``, ``best_of_n_``) its win rate and paired score
     effect with their 95% CIs, the number of comparisons and the verdict."""
     store = ctx.store
-    manifest = Manifest.load(store, ctx.run_id)
+    manifest = ctx.manifest()
     rows = []
     for t in range(1, iterations + 1):
         entry = manifest.entry(t, "eval")

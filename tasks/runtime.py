@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from sims_core import LanguageModel, load_model, steer
@@ -128,9 +128,8 @@ def load_steering(store: ArtifactStore, uri: str, lm: LanguageModel) -> Steering
     return SteeringSet.from_bytes(store.read_bytes(uri), model=lm, source=uri)
 
 
-@contextmanager
-def policy(lm: LanguageModel, steering: SteeringSet | None, positions: Positions | None = None) -> Iterator[None]:
+def policy(
+    lm: LanguageModel, steering: SteeringSet | None, positions: Positions | None = None
+) -> AbstractContextManager[Any]:
     """pi_t = M composed with the iteration's steering (at its chosen alpha); M alone if None."""
-    ctx = steer(lm, steering, positions=positions) if steering is not None else nullcontext()
-    with ctx:
-        yield
+    return steer(lm, steering, positions=positions) if steering is not None else nullcontext()
