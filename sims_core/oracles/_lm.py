@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 
 from sims_core.models import LanguageModel, padded_forward
-from sims_core.oracles.base import Scores
 from sims_core.progress import progress_bar
 
 __all__ = ["continuation_logprobs", "next_token_logprobs", "resolve_lm", "single_token_id"]
@@ -52,7 +51,7 @@ def next_token_logprobs(
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "judging",
-) -> Scores:
+) -> list[list[float]]:
     """For each token row, the log-probabilities (over the full vocabulary) that the next
     token is each of ``token_ids``."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
