@@ -1,6 +1,6 @@
 """Pipeline benchmarks, measured side by side in one run.
 
-    python bench/bench_pipeline.py overhead      # flow vs a plain loop, tiny model (~2 min)
+    python bench/bench_pipeline.py overhead      # flow vs a plain loop, tiny model (~5 min)
     python bench/bench_pipeline.py demo          # the default `sims run` demo (~10 min)
 
 overhead: the self_improve flow (Prefect tasks, Parquet artifacts, manifest, report) against the
@@ -33,20 +33,36 @@ def plain_loop(cfg) -> float:
     import torch
 
     from sims_core import capture_activations, generate, load_model
-    from sims_core.evaluation import evaluate
-    from sims_core.oracles import get_oracle
+    from sims_core.evaluation import CONTROLS, Comparison, best_of_n, compare, sample_conditions
+    from sims_core.oracles import get_oracle, oracle_info
     from sims_core.preferences import PreferenceBuffer, pairs_from_scores
     from sims_core.prompts import default_prompts, sample_prompts, split_prompts
     from sims_core.seeding import derive_seed
     from sims_core.steering import fit_steering, steer
+    from sims_core.steering.strength import select_strength
 
     start = time.perf_counter()
     lm = load_model(cfg.model)
     oracle = get_oracle(cfg.oracle)
-    judge = get_oracle(cfg.judge, lm=lm)
     records = split_prompts(default_prompts(), cfg.eval_fraction, cfg.val_fraction, cfg.seed)
     val = [r.prompt for r in records if r.split == "val"][: cfg.max_val_prompts]
-    held_out = [r.prompt for r in records if r.split == "eval"][: cfg.max_eval_prompts]
+    evaluated = [r for r in records if r.split == "eval"][: cfg.max_eval_prompts]
+    held_out, refs = [r.prompt for r in evaluated], [r.reference for r in evaluated]
+    name = cfg.judge_for(all(refs))  # the built-in prompts have references: the reference judge
+    judge = get_oracle(name, **({"lm": lm} if oracle_info(name).uses_policy_model else {}))
+    eval_seed = derive_seed(cfg.seed, 0, "eval")
+    # the baseline phase: the base model's held-out answers once per run, and the best-of-N line
+    baseline = generate(lm, held_out, num_samples=cfg.eval_samples, sampling=cfg.sampling, seed=eval_seed)
+    line = best_of_n(
+        lm,
+        held_out[: cfg.best_of_n_prompts],
+        oracle,
+        k=cfg.best_of_n,
+        sampling=cfg.sampling,
+        seed=derive_seed(cfg.seed, 0, "best_of_n"),
+        progress=False,
+    )
+    previous = None
     bank = PreferenceBuffer(budget=cfg.buffer_budget)
     steering = None
     layers = cfg.candidate_layers(lm.num_layers)
@@ -57,8 +73,7 @@ def plain_loop(cfg) -> float:
             lm,
             prompts,
             num_samples=cfg.num_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
+            sampling=cfg.sampling,
             seed=derive_seed(cfg.seed, t, "generations"),
             progress=False,
         )
@@ -71,30 +86,39 @@ def plain_loop(cfg) -> float:
         pos = capture_activations(lm, [p.prompt for p in pairs], [p.chosen for p in pairs], layers, progress=False)
         neg = capture_activations(lm, [p.prompt for p in pairs], [p.rejected for p in pairs], layers, progress=False)
         fitted = fit_steering(cfg.learner, pos, neg, layers=layers, top_k=cfg.top_k, seed=t, model=lm, progress=False)
-        groups = []
-        for alpha in (None, *cfg.alpha_grid):
-            context = steer(lm, fitted, alpha=alpha) if alpha is not None else None
-            groups.append(
-                [a[0].text for a in generate(lm, val, max_new_tokens=cfg.max_new_tokens, seed=t, progress=False)]
-            )
-            if context is not None:
-                context.remove()
-        val_scores = oracle.score(val, [list(g) for g in zip(*groups)])
-        means = [sum(row[j] for row in val_scores) for j in range(len(groups))]
-        best = max((means[j + 1], alpha) for j, alpha in enumerate(cfg.alpha_grid))
-        fitted.alpha = best[1]
-        steering = fitted
-        evaluate(
+        steering = select_strength(  # the steering phase's strength (and layer) selection
+            lm,
+            fitted,
+            val,
+            oracle,
+            alphas=cfg.alpha_grid,
+            max_nll_increase=cfg.max_nll_increase,
+            seed=derive_seed(cfg.seed, t, "select"),
+            sampling=cfg.sampling,
+        ).steering
+        last = t == cfg.iterations
+        conditions, _ = sample_conditions(
             lm,
             held_out,
             steering,
-            judge=judge,
+            controls=CONTROLS if last else (),
             num_samples=cfg.eval_samples,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=derive_seed(cfg.seed, 0, "eval"),
-            controls=() if t < cfg.iterations else ("low_temperature",),
+            sampling=cfg.sampling,
+            seed=eval_seed,
+            control_temperature=cfg.control_temperature,
+            unsteered=baseline,
             progress=False,
         )
+        comparisons = [Comparison("steered", held_out, conditions["steered"], baseline, refs)]
+        if previous is not None:
+            comparisons.append(Comparison("previous_iteration", held_out, conditions["steered"], previous, refs))
+        comparisons += [Comparison(c, held_out, conditions[c], baseline, refs) for c in CONTROLS if c in conditions]
+        if last:
+            n = len(line.chosen)
+            chosen = [[g] for g in line.chosen]
+            comparisons.append(Comparison("best_of_n", held_out[:n], chosen, [b[:1] for b in baseline[:n]], refs[:n]))
+        compare(judge, comparisons, seed=eval_seed, sanity=last)
+        previous = [[a.text for a in answers] for answers in conditions["steered"]]
         torch.manual_seed(t)
     return time.perf_counter() - start
 
@@ -102,8 +126,14 @@ def plain_loop(cfg) -> float:
 CONFIGS = {
     # the orchestration cost is per task and per artifact, so its ratio depends on how much model
     # work each phase does: both sizes are reported.
-    "micro": ({"hidden": 64, "layers": 4}, {"num_prompts": 16, "max_new_tokens": 16, "max_eval_prompts": 12}),
-    "small": ({"hidden": 256, "layers": 6}, {"num_prompts": 32, "max_new_tokens": 48, "max_eval_prompts": 24}),
+    "micro": (
+        {"hidden": 64, "layers": 4, "max_positions": 512},
+        {"num_prompts": 16, "max_new_tokens": 16, "max_eval_prompts": 12},
+    ),
+    "small": (
+        {"hidden": 256, "layers": 6, "max_positions": 512},
+        {"num_prompts": 32, "max_new_tokens": 48, "max_eval_prompts": 24},
+    ),
 }
 
 
