@@ -33,7 +33,7 @@ def plain_loop(cfg) -> float:
     import torch
 
     from sims_core import capture_activations, generate, load_model
-    from sims_core.evaluation import CONTROLS, Comparison, best_of_n, compare, sample_conditions
+    from sims_core.evaluation import CONTROLS, Comparison, best_of_n, compare, evaluate
     from sims_core.oracles import get_oracle, oracle_info
     from sims_core.preferences import PreferenceBuffer, pairs_from_scores
     from sims_core.prompts import default_prompts, sample_prompts, split_prompts
@@ -96,29 +96,35 @@ def plain_loop(cfg) -> float:
             seed=derive_seed(cfg.seed, t, "select"),
             sampling=cfg.sampling,
         ).steering
-        last = t == cfg.iterations
-        conditions, _ = sample_conditions(
+        last = t == cfg.iterations  # the eval phase: steered (and, last, the controls) vs the cached baseline
+        result = evaluate(
             lm,
             held_out,
             steering,
+            judge=judge,
+            references=refs,
+            baseline_answers=baseline,
             controls=CONTROLS if last else (),
+            control_temperature=cfg.control_temperature,
             num_samples=cfg.eval_samples,
             sampling=cfg.sampling,
             seed=eval_seed,
-            control_temperature=cfg.control_temperature,
-            unsteered=baseline,
+            sanity=last,
             progress=False,
         )
-        comparisons = [Comparison("steered", held_out, conditions["steered"], baseline, refs)]
-        if previous is not None:
-            comparisons.append(Comparison("previous_iteration", held_out, conditions["steered"], previous, refs))
-        comparisons += [Comparison(c, held_out, conditions[c], baseline, refs) for c in CONTROLS if c in conditions]
-        if last:
+        steered = result.rows[result.rows["condition"] == "steered"].sort_values(["prompt_index", "sample"])
+        answers = steered.groupby("prompt_index", sort=True)["response"].apply(list).tolist()
+        more = [Comparison("previous_iteration", held_out, answers, previous, refs)] if previous else []
+        if last:  # the best-of-N line against the first baseline sample
             n = len(line.chosen)
-            chosen = [[g] for g in line.chosen]
-            comparisons.append(Comparison("best_of_n", held_out[:n], chosen, [b[:1] for b in baseline[:n]], refs[:n]))
-        compare(judge, comparisons, seed=eval_seed, sanity=last)
-        previous = [[a.text for a in answers] for answers in conditions["steered"]]
+            more.append(
+                Comparison(
+                    "best_of_n", held_out[:n], [[g] for g in line.chosen], [b[:1] for b in baseline[:n]], refs[:n]
+                )
+            )
+        if more:
+            compare(judge, more, seed=eval_seed)
+        previous = answers
         torch.manual_seed(t)
     return time.perf_counter() - start
 
